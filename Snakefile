@@ -1,0 +1,175 @@
+# Win the Lottery Ticket via Fourier Analysis (Shang et al., ICASSP 2022), as a DAG.
+#
+#   snakemake --cores all                                      the paper's grid (params.yaml)
+#   snakemake --cores all --configfile profiles/smoke.yaml     the whole DAG in minutes on a CPU
+#
+# Method: a dense network is trained (the teacher); magnitude-based pruning (MBP) of its weights gives the
+# pruned topology (the mask); the pruned network is retrained, by the paper with knowledge distillation from
+# the teacher on inputs whose low-pass radius grows from low to high frequencies (fourier_kd), and by the
+# traditional MBP baselines at the same budget; every model is then evaluated band by band; a report
+# states the paper's claims and our verdicts. Rules hold no logic: each calls `python -m pipeline <stage>`.
+# dvc.yaml is generated from this file (python -m pipeline export_dvc), so the DAG is defined only here.
+
+configfile: "params.yaml"
+
+from pipeline.config import validate
+from pipeline.methods import PARAMS
+
+CFG = validate(config)               # the whole config is checked before any job starts
+PROFILE = CFG.name
+RUNS = f"runs/{PROFILE}"
+REPORT = CFG.report.dir
+G = CFG.grid
+DENSE = RUNS + "/dense/{dataset}/{arch}/seed{seed}"
+PRUNED = RUNS + "/prune/{dataset}/{arch}/seed{seed}/s{sparsity}"
+RETRAINED = RUNS + "/retrain/{dataset}/{arch}/seed{seed}/s{sparsity}/{method}"
+SPECTRAL = RUNS + "/spectral/{dataset}/{arch}/seed{seed}"
+
+
+def section(*keys):
+    """The config sections a rule depends on: Snakemake reruns a job when they change."""
+    return CFG.section(*keys)
+
+
+ruleorder: spectral_pruned > spectral
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_]+", arch="[a-z0-9_]+", seed=r"\d+", sparsity=r"0\.\d+", method="[a-z_]+"
+
+
+rule all:
+    input:
+        f"{REPORT}/summary.csv",
+
+
+rule prepare:
+    """One dataset into a checksummed train/val/test file (torchvision, imagefolder or synthetic)."""
+    output:
+        data=RUNS + "/data/{dataset}.pt",
+        info=RUNS + "/data/{dataset}.pt.json",
+    params:
+        cfg=section("datasets", "data"),
+    shell:
+        "python -m pipeline prepare --profile {PROFILE} --dataset {wildcards.dataset} --out {output.data}"
+
+
+rule train_dense:
+    """The dense network: the teacher, and the weights MBP reads."""
+    input:
+        data=rules.prepare.output.data,
+    output:
+        model=DENSE + "/model.pt",
+        snapshots=DENSE + "/snapshots.pt",
+        metrics=DENSE + "/metrics.json",
+    params:
+        cfg=section("model", "train", "runtime"),
+    shell:
+        "python -m pipeline train_dense --profile {PROFILE} --dataset {wildcards.dataset} --arch {wildcards.arch}"
+        " --seed {wildcards.seed} --data {input.data} --out {output.model}"
+
+
+rule prune:
+    """Stage 1: the topology, by global magnitude pruning of the trained dense weights."""
+    input:
+        dense=rules.train_dense.output.model,
+    output:
+        mask=PRUNED + "/mask.pt",
+        stats=PRUNED + "/mask.json",
+    params:
+        cfg=section("prune"),
+    shell:
+        "python -m pipeline prune --profile {PROFILE} --dataset {wildcards.dataset} --arch {wildcards.arch}"
+        " --seed {wildcards.seed} --sparsity {wildcards.sparsity} --dense {input.dense} --out {output.mask}"
+
+
+rule retrain:
+    """Stage 2: the pruned network retrained by one method (fourier_kd is the paper)."""
+    input:
+        data=rules.prepare.output.data,
+        dense=rules.train_dense.output.model,
+        snapshots=rules.train_dense.output.snapshots,
+        mask=rules.prune.output.mask,
+    output:
+        model=RETRAINED + "/model.pt",
+        metrics=RETRAINED + "/metrics.json",
+    params:
+        cfg=lambda wc: section(*PARAMS[wc.method]),
+    shell:
+        "python -m pipeline retrain --profile {PROFILE} --dataset {wildcards.dataset} --arch {wildcards.arch}"
+        " --seed {wildcards.seed} --sparsity {wildcards.sparsity} --method {wildcards.method}"
+        " --data {input.data} --dense {input.dense} --snapshots {input.snapshots} --mask {input.mask}"
+        " --out {output.model}"
+
+
+rule spectral_dense:
+    """Band-limited accuracy and Fourier heat map of the dense teacher."""
+    input:
+        data=rules.prepare.output.data,
+        model=rules.train_dense.output.model,
+    output:
+        json=SPECTRAL + "/dense.json",
+        heatmap=SPECTRAL + "/dense_heatmap.pt",
+    params:
+        cfg=section("spectral"),
+    shell:
+        "python -m pipeline spectral --profile {PROFILE} --data {input.data} --model {input.model}"
+        " --out {output.json} --tag dataset={wildcards.dataset} --tag arch={wildcards.arch}"
+        " --tag seed={wildcards.seed} --tag sparsity=0.0 --tag method=dense"
+
+
+rule spectral_pruned:
+    """The spectral signature of pruning itself: the MBP topology before any retraining."""
+    input:
+        data=rules.prepare.output.data,
+        model=rules.train_dense.output.model,
+        mask=rules.prune.output.mask,
+    output:
+        json=SPECTRAL + "/s{sparsity}/pruned.json",
+        heatmap=SPECTRAL + "/s{sparsity}/pruned_heatmap.pt",
+    params:
+        cfg=section("spectral"),
+    shell:
+        "python -m pipeline spectral --profile {PROFILE} --data {input.data} --model {input.model}"
+        " --mask {input.mask} --teacher {input.model} --out {output.json} --tag dataset={wildcards.dataset}"
+        " --tag arch={wildcards.arch} --tag seed={wildcards.seed} --tag sparsity={wildcards.sparsity}"
+        " --tag method=pruned"
+
+
+rule spectral:
+    """Band-limited accuracy, agreement with the teacher and Fourier heat map of a retrained network."""
+    input:
+        data=rules.prepare.output.data,
+        model=rules.retrain.output.model,
+        teacher=rules.train_dense.output.model,
+    output:
+        json=SPECTRAL + "/s{sparsity}/{method}.json",
+        heatmap=SPECTRAL + "/s{sparsity}/{method}_heatmap.pt",
+    params:
+        cfg=section("spectral"),
+    shell:
+        "python -m pipeline spectral --profile {PROFILE} --data {input.data} --model {input.model}"
+        " --teacher {input.teacher} --out {output.json} --tag dataset={wildcards.dataset}"
+        " --tag arch={wildcards.arch} --tag seed={wildcards.seed} --tag sparsity={wildcards.sparsity}"
+        " --tag method={wildcards.method}"
+
+
+rule report:
+    """results/: summary.csv, spectral.csv and README.md with tables, plots and the claims' verdicts."""
+    input:
+        expand(DENSE + "/metrics.json", dataset=G.datasets, arch=G.archs, seed=G.seeds),
+        expand(RETRAINED + "/metrics.json", dataset=G.datasets, arch=G.archs, seed=G.seeds,
+               sparsity=G.sparsities, method=G.methods),
+        expand(PRUNED + "/mask.json", dataset=G.datasets, arch=G.archs, seed=G.seeds, sparsity=G.sparsities),
+        expand(SPECTRAL + "/dense.json", dataset=G.datasets, arch=G.archs, seed=G.seeds),
+        expand(SPECTRAL + "/s{sparsity}/{method}.json", dataset=G.datasets, arch=G.archs, seed=G.seeds,
+               sparsity=G.sparsities, method=list(G.methods) + ["pruned"]),
+    output:
+        summary=f"{REPORT}/summary.csv",
+        spectral=f"{REPORT}/spectral.csv",
+        readme=f"{REPORT}/README.md",
+        metrics=f"{REPORT}/metrics.json",
+        plots=report(directory(f"{REPORT}/figures"), patterns=["{name}.png"], category="Figures"),
+    params:
+        cfg=section("report", "grid"),
+    shell:
+        "python -m pipeline report --profile {PROFILE}"

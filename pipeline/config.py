@@ -1,0 +1,374 @@
+"""The configuration: params.yaml, overridden by a profile, parsed into typed dataclasses and checked.
+
+One schema for everything. Every error names the key, the value and what is allowed, and is raised before
+any compute starts (the CLI calls `load` first thing, for every stage).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ARCHS = ("resnet20", "resnet56", "vgg16_bn")
+SOURCES = ("torchvision", "imagefolder", "synthetic")
+TORCHVISION_DATASETS = ("cifar10", "cifar100")
+METHODS = ("finetune", "finetune_layerwise", "random", "kd", "fourier_kd", "fourier_kd_reverse", "freq_ce",
+           "imp", "lth", "lr_rewind", "gmp")
+SCHEDULES = ("linear", "step", "cosine")
+FILTERS = ("circle", "square")
+
+
+class ConfigError(ValueError):
+    """A bad parameter: the message names the key, the value and what is allowed."""
+
+
+@dataclass
+class DatasetCfg:
+    source: str
+    classes: int
+    val_size: int = 5000
+    path: str | None = None          # imagefolder: folder holding train/<class>/ and test/<class>/
+    train_size: int | None = None    # synthetic: images generated; torchvision/imagefolder: optional subset
+    test_size: int | None = None
+
+
+@dataclass
+class GridCfg:
+    datasets: list[str]
+    archs: list[str]
+    sparsities: list[float]
+    seeds: list[int]
+    methods: list[str]
+
+
+@dataclass
+class DataCfg:
+    root: str = "data/raw"
+    split_seed: int = 0
+
+
+@dataclass
+class ModelCfg:
+    width: float = 1.0
+
+
+@dataclass
+class TrainCfg:
+    epochs: int = 160
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = 0.1
+    save_epochs: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class PruneCfg:
+    exclude: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RetrainCfg:
+    epochs: int = 40
+    lr: float = 0.01
+    lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = 0.1
+
+
+@dataclass
+class DistillCfg:
+    T: float = 4.0
+    alpha: float = 0.9
+    radius_start: float = 4.0
+    full_band_at: float = 0.7
+    schedule: str = "linear"
+    steps: int = 4
+    filter: str = "circle"
+
+
+@dataclass
+class ImpCfg:
+    rounds: int = 5
+    epochs_per_round: int = 40
+
+
+@dataclass
+class LthCfg:
+    rounds: int = 5
+    rewind_epoch: int = 0
+
+
+@dataclass
+class GmpCfg:
+    start: float = 0.1
+    end: float = 0.6
+
+
+@dataclass
+class SpectralCfg:
+    radii: list[float] = field(default_factory=lambda: [1, 2, 4, 6, 8, 12, 16])
+    filter: str = "circle"
+    batch_size: int = 500
+    heatmap_images: int = 1000
+    heatmap_eps: float = 4.0
+
+
+@dataclass
+class RuntimeCfg:
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    threads: int = 0
+    deterministic: bool = True
+
+
+@dataclass
+class TrackingCfg:
+    uri: str = "sqlite:///mlruns.db"
+
+
+@dataclass
+class ReportCfg:
+    dir: str = "results"
+
+
+@dataclass
+class Config:
+    name: str
+    datasets: dict[str, DatasetCfg]
+    grid: GridCfg
+    data: DataCfg
+    model: ModelCfg
+    train: TrainCfg
+    prune: PruneCfg
+    retrain: RetrainCfg
+    distill: DistillCfg
+    imp: ImpCfg
+    lth: LthCfg
+    gmp: GmpCfg
+    spectral: SpectralCfg
+    runtime: RuntimeCfg
+    tracking: TrackingCfg
+    report: ReportCfg
+
+    def section(self, *keys: str) -> dict:
+        """The named top-level sections as plain dicts (what a job depends on, for hashes and MLflow)."""
+        d = dataclasses.asdict(self)
+        return {k: d[k] for k in keys}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading: YAML (safe loader) -> merged dict -> typed dataclasses -> semantic checks.
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Dicts merge key by key (like Snakemake's --configfile); lists and scalars are replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def profile_path(profile: str | None) -> Path | None:
+    if profile in (None, "", "paper"):
+        return None
+    p = Path(profile)
+    return p if p.suffix in (".yaml", ".yml") else ROOT / "profiles" / f"{profile}.yaml"
+
+
+def load(profile: str | None = None, params: str | Path = ROOT / "params.yaml") -> Config:
+    raw = read_yaml(params)
+    if (p := profile_path(profile)) is not None:
+        raw = merge(raw, read_yaml(p))
+    cfg = validate(raw)
+    if p is not None and cfg.name != p.stem:
+        raise ConfigError(f"name = {cfg.name!r} in {p}: must equal the profile's file name {p.stem!r} "
+                          f"(outputs, MLflow experiment and the Snakefile all use it)")
+    return cfg
+
+
+def validate(raw: dict) -> Config:
+    cfg = _build(Config, raw, "")
+    _check(cfg)
+    return cfg
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp, value, key: str):
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} = {value!r}: must be a list of {_type_name(args[0])}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} = {value!r}: must be a mapping")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool) \
+            or not isinstance(value, tp):
+        raise ConfigError(f"{key} = {value!r}: wrong type {type(value).__name__}, expected {_type_name(tp)}")
+    return value
+
+
+def _build(cls, raw, prefix: str):
+    where = prefix or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} = {raw!r}: must be a mapping with keys {[f.name for f in dataclasses.fields(cls)]}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in raw:
+        if k not in names:
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{k}: unknown key (allowed here: {', '.join(names)})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in raw:
+            kwargs[f.name] = _coerce(hints[f.name], raw[f.name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: missing required key")
+    return cls(**kwargs)
+
+
+def _need(ok: bool, key: str, value, allowed: str):
+    if not ok:
+        raise ConfigError(f"{key} = {value!r}: must be {allowed}")
+
+
+def _check(c: Config) -> None:
+    _need(bool(c.name) and c.name.replace("_", "").replace("-", "").isalnum(), "name", c.name,
+          "a non-empty name of letters, digits, - and _")
+    for name, d in c.datasets.items():
+        k = f"datasets.{name}"
+        _need(d.source in SOURCES, f"{k}.source", d.source, f"one of {SOURCES}")
+        _need(d.classes >= 2, f"{k}.classes", d.classes, "an integer >= 2")
+        _need(d.val_size > 0, f"{k}.val_size", d.val_size, "a positive integer")
+        for s in ("train_size", "test_size"):
+            v = getattr(d, s)
+            _need(v is None or v > 0, f"{k}.{s}", v, "a positive integer or null")
+        if d.source == "torchvision":
+            _need(name in TORCHVISION_DATASETS, f"{k}.source", d.source,
+                  f"used only for datasets named {TORCHVISION_DATASETS}")
+            _need(d.classes == {"cifar10": 10, "cifar100": 100}[name], f"{k}.classes", d.classes,
+                  f"{ {'cifar10': 10, 'cifar100': 100}[name]} for {name}")
+        if d.source == "synthetic":
+            _need(d.train_size is not None and d.test_size is not None, f"{k}.train_size", d.train_size,
+                  "set (with test_size) for a synthetic dataset")
+            _need(d.val_size < d.train_size, f"{k}.val_size", d.val_size, f"smaller than train_size={d.train_size}")
+        if d.source == "imagefolder":
+            _need(d.path is not None, f"{k}.path", d.path, "the folder holding train/<class>/ and test/<class>/")
+            folder = resolve_path(d.path)
+            for split in ("train", "test"):
+                _need((folder / split).is_dir(), f"{k}.path", d.path,
+                      f"an existing folder with a {split}/ subfolder (looked in {folder / split})")
+            found = sorted(p.name for p in (folder / "train").iterdir() if p.is_dir())
+            _need(len(found) == d.classes, f"{k}.classes", d.classes,
+                  f"the number of class folders in {folder / 'train'} ({len(found)})")
+    g = c.grid
+    for ds in g.datasets:
+        _need(ds in c.datasets, "grid.datasets", ds, f"a dataset defined under datasets: {list(c.datasets)}")
+    for a in g.archs:
+        _need(a in ARCHS, "grid.archs", a, f"one of {ARCHS}")
+    for s in g.sparsities:
+        _need(0 < s < 1, "grid.sparsities", s, "in the open interval (0, 1)")
+    for m in g.methods:
+        _need(m in METHODS, "grid.methods", m, f"one of {METHODS}")
+    for s in g.seeds:
+        _need(s >= 0, "grid.seeds", s, "a non-negative integer")
+    for key in ("datasets", "archs", "sparsities", "seeds", "methods"):
+        v = getattr(g, key)
+        _need(len(v) > 0 and len(set(v)) == len(v), f"grid.{key}", v, "a non-empty list without repeats")
+    _need(c.model.width > 0, "model.width", c.model.width, "positive")
+    for sec in ("train", "retrain"):
+        t = getattr(c, sec)
+        _need(t.epochs > 0, f"{sec}.epochs", t.epochs, "a positive integer")
+        _need(t.lr > 0, f"{sec}.lr", t.lr, "positive")
+        _need(0 < t.gamma <= 1, f"{sec}.gamma", t.gamma, "in (0, 1]")
+        _need(all(0 < x < 1 for x in t.lr_drops) and t.lr_drops == sorted(t.lr_drops), f"{sec}.lr_drops",
+              t.lr_drops, "increasing fractions in (0, 1)")
+    t = c.train
+    _need(t.batch_size > 0, "train.batch_size", t.batch_size, "a positive integer")
+    _need(0 <= t.momentum < 1, "train.momentum", t.momentum, "in [0, 1)")
+    _need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "non-negative")
+    _need(all(0 <= e <= t.epochs for e in t.save_epochs), "train.save_epochs", t.save_epochs,
+          f"epochs in [0, train.epochs={t.epochs}]")
+    d = c.distill
+    _need(d.T > 0, "distill.T", d.T, "positive (a softmax temperature)")
+    _need(0 <= d.alpha <= 1, "distill.alpha", d.alpha, "in [0, 1]")
+    _need(0 <= d.radius_start < full_band_radius(32), "distill.radius_start", d.radius_start,
+          f"in [0, {full_band_radius(32):.2f}) so that the schedule rises to the full band")
+    _need(0 < d.full_band_at <= 1, "distill.full_band_at", d.full_band_at, "in (0, 1]")
+    _need(d.schedule in SCHEDULES, "distill.schedule", d.schedule, f"one of {SCHEDULES}")
+    _need(d.steps >= 1, "distill.steps", d.steps, "a positive integer")
+    _need(d.filter in FILTERS, "distill.filter", d.filter, f"one of {FILTERS}")
+    for sec in ("imp", "lth"):
+        _need(getattr(c, sec).rounds >= 1, f"{sec}.rounds", getattr(c, sec).rounds, "a positive integer")
+    _need(c.imp.epochs_per_round > 0, "imp.epochs_per_round", c.imp.epochs_per_round, "a positive integer")
+    _need(c.lth.rewind_epoch in t.save_epochs, "lth.rewind_epoch", c.lth.rewind_epoch,
+          f"one of train.save_epochs={t.save_epochs} (the dense stage must save those weights)")
+    _need(0 <= c.gmp.start < c.gmp.end <= 1, "gmp.start/gmp.end", (c.gmp.start, c.gmp.end),
+          "fractions with 0 <= start < end <= 1")
+    s = c.spectral
+    _need(len(s.radii) > 0 and all(r >= 0 for r in s.radii), "spectral.radii", s.radii,
+          "a non-empty list of non-negative radii")
+    _need(s.filter in FILTERS, "spectral.filter", s.filter, f"one of {FILTERS}")
+    for k in ("batch_size", "heatmap_images"):
+        _need(getattr(s, k) > 0, f"spectral.{k}", getattr(s, k), "a positive integer")
+    _need(s.heatmap_eps > 0, "spectral.heatmap_eps", s.heatmap_eps, "positive")
+    r = c.runtime
+    _need(r.device in ("auto", "cpu", "cuda"), "runtime.device", r.device, "auto, cpu or cuda")
+    _need(r.amp in ("auto", "bf16", "off"), "runtime.amp", r.amp, "auto, bf16 or off")
+    _need(r.channels_last in ("auto", "on", "off"), "runtime.channels_last", r.channels_last, "auto, on or off")
+    _need(r.threads >= 0, "runtime.threads", r.threads, "a non-negative integer (0 = every core)")
+
+
+def full_band_radius(size: int) -> float:
+    """The radius (in frequency bins from the centre) that covers the whole centred spectrum, corners included."""
+    return math.hypot(size // 2, size // 2)
+
+
+def resolve_path(p: str) -> Path:
+    """Paths in the config are relative to the project root; ${VAR} and ~ are expanded."""
+    path = Path(os.path.expanduser(os.path.expandvars(p)))
+    return path if path.is_absolute() else ROOT / path
+
+
+def digest(obj) -> str:
+    """A short stable hash of JSON-able parameters (addresses checkpoints, like open_lth's output hashes)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -1,0 +1,213 @@
+"""The stages of the DAG, one function each; `python -m pipeline <stage>` calls them (see __main__.py).
+
+Every stage: validate the whole config and its own arguments BEFORE any compute, check its input files,
+open one MLflow run, compute, write its declared outputs atomically, close the run. Training stages
+checkpoint every epoch under runs/<profile>/checkpoints/ (never a declared output) and resume from there.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from . import data as D, io, masks as M, methods as MT, models, spectral as S, train as T
+from .config import ROOT, Config, ConfigError, digest
+from .tracking import Run
+
+
+def _sibling(path, name: str) -> Path:
+    return Path(path).with_name(name)
+
+
+def _checkpoint(cfg: Config, stage: str, key: str) -> Path:
+    return ROOT / "runs" / cfg.name / "checkpoints" / f"{stage}-{key}.pt"
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name()}"
+    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()}"
+
+
+def check_job(cfg: Config, dataset=None, arch=None, seed=None, sparsity=None, method=None) -> None:
+    """Wildcards must name things the config defines (a typo in a direct call fails here, before compute)."""
+    if dataset is not None and dataset not in cfg.datasets:
+        raise ConfigError(f"dataset = {dataset!r}: not defined under datasets: {sorted(cfg.datasets)}")
+    if arch is not None and arch not in models.MODELS:
+        raise ConfigError(f"arch = {arch!r}: must be one of {sorted(models.MODELS)}")
+    if seed is not None and seed < 0:
+        raise ConfigError(f"seed = {seed}: must be a non-negative integer")
+    if sparsity is not None and not 0 < sparsity < 1:
+        raise ConfigError(f"sparsity = {sparsity}: must be in the open interval (0, 1)")
+    if method is not None and method not in MT.METHODS:
+        raise ConfigError(f"method = {method!r}: must be one of {sorted(MT.METHODS)}")
+
+
+def _model_file(model, arch, classes, cfg: Config, masks=None, **extra) -> dict:
+    return {"kind": "model", "arch": arch, "classes": classes, "width": cfg.model.width,
+            "state": T._state_dict(model), "masks": None if masks is None else {n: m.cpu() for n, m in masks.items()},
+            **extra}
+
+
+def load_model(path, rt: T.Runtime | None = None):
+    """A saved model (dense or pruned), rebuilt; its masks checked against the architecture."""
+    blob = io.load(path, "model", keys=("arch", "classes", "width", "state"))
+    net = models.build(blob["arch"], blob["classes"], blob["width"])
+    try:
+        net.load_state_dict(blob["state"])
+    except RuntimeError as e:
+        raise io.CorruptFile(f"{path}: weights do not fit {blob['arch']}: {str(e).splitlines()[0]}") from None
+    if blob.get("masks") is not None:
+        M.check_compatible(blob["masks"], models.prunable(net), path)
+    return (T.to_device(net, rt) if rt else net), blob
+
+
+def load_mask(path, net) -> dict:
+    blob = io.load(path, "mask", keys=("masks",))
+    try:
+        M.check_compatible(blob["masks"], models.prunable(net), path)
+    except ValueError as e:
+        raise io.CorruptFile(str(e)) from None
+    return blob["masks"]
+
+
+def _train(cfg, stage, recipe, net, data, rt, seed, key, run: Run):
+    ckpt = _checkpoint(cfg, stage, key)
+
+    def log(step, metrics):
+        run.log_metrics(metrics, step)
+    t0 = time.time()
+    out = T.run(recipe, net, data, rt, seed, ckpt, key, log=log, run_id=run.run_id)
+    return out, ckpt, time.time() - t0
+
+
+def _resumed_run_id(cfg, stage, key):
+    return T.checkpoint_run_id(_checkpoint(cfg, stage, key))
+
+
+# ------------------------------------------------------------------------------------------- the stages
+
+
+def prepare(cfg: Config, dataset: str, out: str) -> None:
+    check_job(cfg, dataset=dataset)
+    with Run(cfg, "prepare", {"dataset": dataset}, cfg.section("datasets", "data")) as run:
+        info = D.prepare(cfg, dataset, Path(out))
+        run.set_tags({"data_sha256": info["sha256"]})
+        run.log_metrics({f"{k}_images": v for k, v in info["sizes"].items()})
+
+
+def train_dense(cfg: Config, dataset: str, arch: str, seed: int, data: str, out: str) -> None:
+    check_job(cfg, dataset=dataset, arch=arch, seed=seed)
+    rt = T.runtime(cfg)
+    blob = D.load(Path(data))
+    params = cfg.section("model", "train", "runtime")
+    key = digest({"stage": "dense", "dataset": dataset, "arch": arch, "seed": seed, "data": blob["sha256"], **params})
+    tags = {"dataset": dataset, "arch": arch, "seed": seed, "method": "dense", "sparsity": 0.0,
+            "data_sha256": blob["sha256"]}
+    with Run(cfg, "train_dense", tags, params, _resumed_run_id(cfg, "dense", key)) as run:
+        dd = T.Data(blob, rt.device)
+        net = models.build(arch, dd.classes, cfg.model.width, seed)
+        t = cfg.train
+        recipe = T.Recipe([T.Round(t.epochs, t.lr, t.lr_drops, t.gamma)], momentum=t.momentum,
+                          weight_decay=t.weight_decay, batch_size=t.batch_size, snapshots=t.save_epochs)
+        res, ckpt, secs = _train(cfg, "dense", recipe, net, dd, rt, seed, key, run)
+        _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, extra_files={
+            "snapshots.pt": {"kind": "snapshots", "snapshots": res["snapshots"]}})
+
+
+def prune(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, dense: str, out: str) -> None:
+    """Stage 1 of the paper: the topology, by global magnitude pruning of the trained dense network."""
+    check_job(cfg, dataset=dataset, arch=arch, seed=seed, sparsity=sparsity)
+    tags = {"dataset": dataset, "arch": arch, "seed": seed, "sparsity": sparsity, "method": "mbp"}
+    with Run(cfg, "prune", tags, cfg.section("prune")) as run:
+        net, _ = load_model(dense)
+        masks = M.global_magnitude(models.prunable(net, cfg.prune.exclude), sparsity)
+        st = M.stats(masks)
+        io.save({"kind": "mask", "arch": arch, "sparsity": sparsity, "masks": masks}, out)
+        io.write_json(_sibling(out, "mask.json"), st)
+        run.log_metrics({"sparsity": st["sparsity"], "kept": st["kept"]})
+        run.log_artifact(_sibling(out, "mask.json"))
+
+
+def retrain(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, method: str, data: str,
+            dense: str, snapshots: str, mask: str, out: str) -> None:
+    """Stage 2: retrain the pruned network with `method` (finetune, fourier_kd, ... see methods.py)."""
+    check_job(cfg, dataset=dataset, arch=arch, seed=seed, sparsity=sparsity, method=method)
+    rt = T.runtime(cfg)
+    blob = D.load(Path(data))
+    teacher, _ = load_model(dense)
+    base_mask = load_mask(mask, teacher)
+    snaps = io.load(snapshots, "snapshots", keys=("snapshots",))["snapshots"]
+    if method == "lth" and cfg.lth.rewind_epoch not in snaps:
+        raise io.CorruptFile(f"{snapshots}: no weights saved at epoch {cfg.lth.rewind_epoch} "
+                             f"(lth.rewind_epoch); add it to train.save_epochs and rerun train_dense")
+    params = cfg.section(*MT.PARAMS[method])
+    key = digest({"stage": "retrain", "dataset": dataset, "arch": arch, "seed": seed, "sparsity": sparsity,
+                  "method": method, "data": blob["sha256"], "dense": io.sha256(dense), **params})
+    tags = {"dataset": dataset, "arch": arch, "seed": seed, "sparsity": sparsity, "method": method,
+            "data_sha256": blob["sha256"]}
+    with Run(cfg, "retrain", tags, params, _resumed_run_id(cfg, "retrain", key)) as run:
+        dd = T.Data(blob, rt.device)
+        teacher = T.to_device(teacher, rt).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        ctx = MT.Context(cfg, sparsity, seed, {k: v for k, v in teacher.state_dict().items()},
+                         base_mask, snaps, teacher if method in MT.NEEDS_TEACHER else None)
+        recipe = MT.METHODS[method](ctx)
+        net = models.build(arch, dd.classes, cfg.model.width, seed)
+        res, ckpt, secs = _train(cfg, "retrain", recipe, net, dd, rt, seed, key, run)
+        st = M.stats(res["masks"])
+        run.log_metrics({f"layer_sparsity/{n}": v for n, v in st["layers"].items()})
+        _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, agreement_with=teacher,
+                extra_metrics={"sparsity": st["sparsity"], "nonzero": st["kept"], "prunable": st["total"]})
+
+
+def _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, extra_files=None, extra_metrics=None,
+            agreement_with=None) -> None:
+    """Final metrics (the test set is read exactly once per model, here), outputs written atomically, then
+    the checkpoint removed (its job is done; the outputs are what Snakemake and DVC cache)."""
+    net = res["model"]
+    total = sum(p.numel() for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1)
+    nonzero = sum(int((p != 0).sum()) for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1)
+    metrics = {"val_acc": T.accuracy(net, dd, "val", rt), "test_acc": T.accuracy(net, dd, "test", rt),
+               "epochs": res["epochs"], "train_seconds": secs, "nonzero_weights": nonzero,
+               "weights": total, **(extra_metrics or {})}
+    if agreement_with is not None:
+        metrics["test_agreement"] = (T.predict(net, dd, dd.test_x, rt) ==
+                                     T.predict(agreement_with, dd, dd.test_x, rt)).float().mean().item()
+    metrics["hardware"] = hardware()
+    metrics["profile"] = cfg.name
+    for name, obj in (extra_files or {}).items():
+        io.save(obj, _sibling(out, name))
+    io.write_json(_sibling(out, "metrics.json"), metrics)
+    io.save(_model_file(net, arch, dd.classes, cfg, res["masks"], data_sha256=dd.sha256), out)
+    run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, res["epochs"])
+    run.log_artifact(_sibling(out, "metrics.json"))
+    ckpt.unlink(missing_ok=True)
+
+
+def spectral(cfg: Config, data: str, model: str, out: str, teacher: str | None = None, mask: str | None = None,
+             tags: dict | None = None) -> None:
+    """Band-limited accuracy, agreement with the teacher, Fourier heat map, for one model."""
+    rt = T.runtime(cfg)
+    blob = D.load(Path(data))
+    with Run(cfg, "spectral", {**(tags or {}), "data_sha256": blob["sha256"]}, cfg.section("spectral")) as run:
+        dd = T.Data(blob, rt.device)
+        net, _ = load_model(model, rt)
+        if mask is not None:                          # the pruned topology before any retraining
+            masks = load_mask(mask, net)
+            M.apply(models.prunable(net), {n: m.to(rt.device) for n, m in masks.items()})
+        ref = load_model(teacher, rt)[0] if teacher else None
+        res = S.evaluate(net, dd, rt, cfg.spectral, teacher=ref)
+        res.update({k: str(v) for k, v in (tags or {}).items()}, profile=cfg.name, hardware=hardware())
+        heat = res.pop("heatmap")
+        io.save({"kind": "heatmap", "heatmap": heat}, _sibling(out, Path(out).stem + "_heatmap.pt"))
+        io.write_json(out, res)
+        run.log_metrics({f"{band}_acc_r{r}": a for band in ("low", "high") for r, a in
+                         zip(res["radii"], res[f"{band}_acc"])})
+        run.log_metrics({"heatmap_seconds": res["heatmap_seconds"]})
+        run.log_artifact(out)
+        run.log_artifact(_sibling(out, Path(out).stem + "_heatmap.pt"))

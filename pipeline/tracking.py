@@ -1,0 +1,131 @@
+"""MLflow: every job is one run (tags for stage, dataset, arch, seed, sparsity, method; the resolved params;
+the git commit; the data checksum; per-epoch metrics; artifacts).
+
+Parallel jobs share one SQLite store. SQLite allows one writer at a time, so every call here holds an
+exclusive file lock beside the store (and retries with backoff if the database still reports itself
+locked): no lost run, no lost metric, no "database is locked" failure. A resumed job continues its run.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .config import ROOT, Config
+
+
+def tracking_uri(cfg: Config) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{(ROOT / uri[len('sqlite:///'):]).resolve()}"   # relative to the project root
+    return uri
+
+
+def _lock_path(uri: str) -> Path:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):] + ".lock")
+    return ROOT / ".mlflow.lock"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+class Run:
+    """One MLflow run for one job. Use as a context manager: an exception marks it FAILED with the message."""
+
+    def __init__(self, cfg: Config, stage: str, tags: dict, params: dict, run_id: str | None = None):
+        from mlflow.tracking import MlflowClient   # imported here: stages that never track skip its import cost
+        self.uri = tracking_uri(cfg)
+        self.lock = _lock_path(self.uri)
+        self.client = MlflowClient(self.uri)
+        self.experiment = cfg.name
+        self.run_id = run_id
+        self._call(self._start, stage, tags, params, run_id, cfg.name)
+
+    def _start(self, stage, tags, params, run_id, profile):
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            art = (ROOT / "mlartifacts" / self.experiment).resolve().as_uri()
+            exp_id = self.client.create_experiment(self.experiment, artifact_location=art)
+        else:
+            exp_id = exp.experiment_id
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")   # a resumed job continues its own run
+        else:
+            tags = {"stage": stage, "git_commit": git_commit(), "profile": profile,
+                    **{k: str(v) for k, v in tags.items()}}
+            name = "-".join(str(tags[k]) for k in ("stage", "dataset", "arch", "method", "sparsity", "seed")
+                            if k in tags)
+            self.run_id = self.client.create_run(exp_id, tags=tags, run_name=name).info.run_id
+            from mlflow.entities import Param
+            items = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(params).items())]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    @contextmanager
+    def _locked(self):
+        self.lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _call(self, fn, *args, **kw):
+        for attempt in range(8):
+            try:
+                with self._locked():
+                    return fn(*args, **kw)
+            except Exception as e:  # noqa: BLE001
+                if "locked" not in str(e).lower() or attempt == 7:
+                    raise
+                time.sleep(0.1 * 2 ** attempt)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, (int, float))]
+        if items:
+            self._call(self.client.log_batch, self.run_id, metrics=items)
+
+    def set_tags(self, tags: dict) -> None:
+        from mlflow.entities import RunTag
+        self._call(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path, subdir: str | None = None) -> None:
+        if Path(path).exists():
+            self._call(self.client.log_artifact, self.run_id, str(path), subdir)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None:
+            self._call(self.client.set_terminated, self.run_id, "FINISHED")
+        else:
+            msg = f"{exc_type.__name__}: {exc}"[:5000]
+            try:
+                self.set_tags({"error": msg})
+                self._call(self.client.set_terminated, self.run_id, "FAILED")
+            except Exception:  # noqa: BLE001 - never hide the job's own error behind a tracking error
+                pass
+        return False

@@ -1,0 +1,274 @@
+"""The one training loop: whole dataset on the device as uint8, batched augmentation, masks re-applied after
+every optimizer step, a checkpoint every epoch, resume from it, bit-identical on the CPU.
+
+Every stage that trains (dense, each retraining method, iterative rounds) describes itself as a list of
+`Round`s and a loss; this module runs them. A round's `begin` hook prunes / rewinds at its start; the
+`epoch_hook` (gradual pruning) may change the masks at the start of an epoch.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import io, masks as M
+
+# ------------------------------------------------------------------------------------------- the device
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    amp: bool            # bf16 autocast
+    channels_last: bool
+    compile: bool
+
+
+def runtime(cfg) -> Runtime:
+    """Resolve the runtime section: device, precision, memory format, threads, determinism."""
+    r = cfg.runtime
+    cuda = torch.cuda.is_available() and r.device != "cpu"
+    if r.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("runtime.device = 'cuda' but no CUDA device is available")
+    torch.set_num_threads(r.threads or os.cpu_count() or 1)
+    if r.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=cuda)
+        torch.backends.cudnn.benchmark = False
+    elif cuda:
+        torch.backends.cudnn.benchmark = True
+    return Runtime(device=torch.device("cuda" if cuda else "cpu"),
+                   amp=(r.amp == "bf16") or (r.amp == "auto" and cuda),
+                   channels_last=(r.channels_last == "on") or (r.channels_last == "auto" and cuda),
+                   compile=r.compile)
+
+
+def to_device(model: nn.Module, rt: Runtime) -> nn.Module:
+    model = model.to(rt.device)
+    return model.to(memory_format=torch.channels_last) if rt.channels_last else model
+
+
+# --------------------------------------------------------------------------------------------- the data
+
+
+class Data:
+    """One copy of the prepared dataset on the device, uint8; batches come out as float in [0, 1]."""
+
+    def __init__(self, blob: dict, device):
+        self.device = torch.device(device)
+        for s in ("train", "val", "test"):
+            setattr(self, f"{s}_x", blob[f"{s}_x"].to(self.device))
+            setattr(self, f"{s}_y", blob[f"{s}_y"].to(self.device))
+        x = blob["train_x"].float() / 255
+        # Normalisation constants of this training split (fixed per prepared file, so every stage agrees).
+        self.mean = x.mean((0, 2, 3)).view(1, 3, 1, 1).to(self.device)
+        self.std = x.std((0, 2, 3)).view(1, 3, 1, 1).to(self.device)
+        self.classes = len(blob["classes"])
+        self.sha256 = blob.get("sha256")
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random crop with 4-pixel zero padding and horizontal flip, for the whole batch at once. Random
+    numbers come from a CPU generator (same stream on every device, saved in checkpoints)."""
+    b, c, h, w = x.shape
+    flip = (torch.rand(b, generator=g) < 0.5).to(x.device)
+    off = torch.randint(0, 9, (2, b), generator=g).to(x.device)
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    padded = F.pad(x, (4, 4, 4, 4))
+    i = torch.arange(h, device=x.device)
+    rows = (off[0][:, None] + i)[:, None, :, None]
+    cols = (off[1][:, None] + i)[:, None, None, :]
+    return padded[torch.arange(b, device=x.device)[:, None, None, None],
+                  torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Data, x_uint8_or_float: torch.Tensor, rt: Runtime, batch: int = 1000):
+    """Predicted classes for images (uint8 or float in [0, 1]) in eval mode."""
+    model.eval()
+    out = []
+    for i in range(0, len(x_uint8_or_float), batch):
+        x = x_uint8_or_float[i:i + batch]
+        x = x.float() / 255 if x.dtype == torch.uint8 else x
+        x = data.normalize(x.to(rt.device))
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+            out.append(model(x).argmax(1))
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=rt.device)
+
+
+def accuracy(model, data: Data, split: str, rt: Runtime) -> float:
+    y = getattr(data, f"{split}_y")
+    return (predict(model, data, getattr(data, f"{split}_x"), rt) == y).float().mean().item()
+
+
+# ------------------------------------------------------------------------------------------ the recipe
+
+# A loss gets (student, batch in [0,1] after augmentation, labels, epoch within the round, normalize) and
+# returns (loss, student logits on the unfiltered batch, radius used or None).
+LossFn = Callable[..., tuple]
+
+
+def cross_entropy(student, x, y, epoch, norm):
+    logits = student(norm(x))
+    return F.cross_entropy(logits, y), logits, None
+
+
+@dataclass
+class Round:
+    epochs: int
+    lr: float
+    lr_drops: list[float]
+    gamma: float
+    schedule_offset: int = 0          # lth: the lr schedule resumes at the rewind epoch
+    schedule_epochs: int | None = None
+    begin: Callable | None = None     # begin(model, masks) -> masks: prune / rewind at the round's start
+
+
+@dataclass
+class Recipe:
+    rounds: list[Round]
+    loss: LossFn = cross_entropy
+    masks: dict | None = None         # initial masks (None = dense)
+    epoch_hook: Callable | None = None  # epoch_hook(model, masks, epoch) -> masks (gradual pruning)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    snapshots: list[int] = field(default_factory=list)   # epochs whose weights are kept (rewinding)
+
+
+def lr_at(r: Round, epoch: int) -> float:
+    total = r.schedule_epochs or r.epochs
+    e = epoch + r.schedule_offset
+    return r.lr * r.gamma ** sum(e >= round(f * total) for f in r.lr_drops)
+
+
+# -------------------------------------------------------------------------------------------- the loop
+
+
+def _state_dict(model: nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in getattr(model, "_orig_mod", model).state_dict().items()}
+
+
+def _rng_state(g: torch.Generator) -> dict:
+    return {"data": g.get_state(), "torch": torch.get_rng_state()}
+
+
+def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ckpt: Path, key: str,
+        log: Callable[[int, dict], None] = lambda step, m: None, run_id: str | None = None) -> dict:
+    """Train through every round; return {"model", "masks", "history", "epochs", "snapshots"}.
+    A checkpoint is written at `ckpt` after every epoch (atomically) and resumed from if it exists and its
+    `key` (a hash of the job's parameters) matches; one with another key is refused, never overwritten."""
+    model = to_device(model, rt)
+    step_model = torch.compile(model) if rt.compile else model
+    g = torch.Generator().manual_seed(seed)
+    masks = {n: m.to(rt.device) for n, m in recipe.masks.items()} if recipe.masks is not None else None
+    start_round, start_epoch, history, snapshots = 0, 0, [], {}
+    if ckpt.exists():
+        state = io.load(ckpt, "checkpoint", keys=("key", "round", "epoch", "model", "optimizer", "rng"))
+        if state["key"] != key:
+            raise io.CorruptFile(f"{ckpt}: checkpoint belongs to other parameters (key {state['key']}, this job "
+                                 f"{key}); move it away to start over")
+        model.load_state_dict(state["model"])
+        masks = {n: m.to(rt.device) for n, m in state["masks"].items()} if state["masks"] is not None else None
+        g.set_state(state["rng"]["data"])
+        torch.set_rng_state(state["rng"]["torch"])
+        start_round, start_epoch = state["round"], state["epoch"]
+        history, snapshots = state["history"], state["snapshots"]
+    else:
+        state = None
+    weights = None if masks is None else _weights(model, masks)
+    total_epochs = sum(r.epochs for r in recipe.rounds[:start_round]) + start_epoch
+
+    for ri in range(start_round, len(recipe.rounds)):
+        rnd = recipe.rounds[ri]
+        resumed = state is not None and ri == start_round
+        if not resumed and rnd.begin is not None:
+            masks = rnd.begin(model, masks)
+            masks = None if masks is None else {n: m.to(rt.device) for n, m in masks.items()}
+        weights = None if masks is None else _weights(model, masks)
+        if weights is not None:
+            M.apply(weights, masks)
+        opt = torch.optim.SGD(model.parameters(), lr=rnd.lr, momentum=recipe.momentum,
+                              weight_decay=recipe.weight_decay)
+        if resumed:
+            opt.load_state_dict(state["optimizer"])
+        first = start_epoch if resumed else 0
+        if not resumed and 0 in recipe.snapshots and ri == 0:
+            snapshots[0] = _state_dict(model)
+        for epoch in range(first, rnd.epochs):
+            if recipe.epoch_hook is not None:
+                masks = recipe.epoch_hook(model, masks, epoch)
+                weights = _weights(model, masks)
+                M.apply(weights, masks)
+            lr = lr_at(rnd, epoch)
+            for pg in opt.param_groups:
+                pg["lr"] = lr
+            metrics = _epoch(step_model, model, opt, recipe, data, rt, g, epoch, weights, masks)
+            metrics.update(lr=lr, val_acc=accuracy(step_model, data, "val", rt), round=ri)
+            if masks is not None:
+                metrics["sparsity"] = M.stats(masks)["sparsity"]
+            total_epochs += 1
+            history.append(metrics)
+            if ri == 0 and epoch + 1 in recipe.snapshots:
+                snapshots[epoch + 1] = _state_dict(model)
+            log(total_epochs, metrics)
+            io.save({"kind": "checkpoint", "key": key, "round": ri, "epoch": epoch + 1, "model": _state_dict(model),
+                     "optimizer": opt.state_dict(), "rng": _rng_state(g), "history": history,
+                     "masks": None if masks is None else {n: m.cpu() for n, m in masks.items()},
+                     "snapshots": snapshots, "run_id": run_id}, ckpt)
+        state = None
+    return {"model": model, "masks": masks, "history": history, "epochs": total_epochs, "snapshots": snapshots}
+
+
+def checkpoint_run_id(ckpt: Path) -> str | None:
+    """The MLflow run a killed job had started, so that its resume continues the same run."""
+    if not ckpt.exists():
+        return None
+    return io.load(ckpt, "checkpoint", keys=("run_id",)).get("run_id")
+
+
+def _weights(model: nn.Module, masks: dict) -> dict:
+    params = dict(model.named_parameters())
+    return {n: params[n] for n in masks}
+
+
+def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, epoch, weights, masks) -> dict:
+    step_model.train()
+    n = len(data.train_y)
+    order = torch.randperm(n, generator=g).to(rt.device)
+    loss_sum = torch.zeros((), device=rt.device)
+    correct = torch.zeros((), device=rt.device)
+    radius = None
+    # drop_last: every step sees a full batch (no tiny last batch that destabilises batch norm)
+    steps = max(1, n // recipe.batch_size)
+    for i in range(steps):
+        idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+        x = augment(data.train_x[idx].float().div_(255), g)
+        y = data.train_y[idx]
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+            loss, logits, radius = recipe.loss(step_model, x, y, epoch, data.normalize)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if weights is not None:
+            M.apply(weights, masks)
+        loss_sum += loss.detach().float() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    seen = steps * min(recipe.batch_size, n)
+    out = {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
+    if radius is not None:
+        out["radius"] = -1.0 if math.isinf(radius) else float(radius)   # -1 in logs = full band
+    return out
