@@ -6,7 +6,7 @@ checkpoint every epoch under runs/<profile>/checkpoints/ (never a declared outpu
 """
 from __future__ import annotations
 
-import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -23,7 +23,8 @@ def _sibling(path, name: str) -> Path:
 
 
 def _checkpoint(cfg: Config, stage: str, key: str) -> Path:
-    return ROOT / "runs" / cfg.name / "checkpoints" / f"{stage}-{key}.pt"
+    """Where a training job checkpoints: never one of its declared outputs. PIPELINE_RUNS moves it (tests)."""
+    return Path(os.environ.get("PIPELINE_RUNS", ROOT / "runs")) / cfg.name / "checkpoints" / f"{stage}-{key}.pt"
 
 
 def hardware() -> str:

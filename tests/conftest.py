@@ -1,0 +1,39 @@
+"""Shared test helpers: tiny profiles written to a temp folder, stages run as subprocesses (as the DAG
+tools run them), MLflow and checkpoints redirected into the temp folder."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ROOT, merge, read_yaml
+
+SMOKE = ROOT / "profiles" / "smoke.yaml"
+
+
+def write_profile(folder: Path, name: str = "t", **overrides) -> Path:
+    """A profile file `folder/<name>.yaml`: the smoke profile with `overrides` merged in (dicts by key)."""
+    raw = merge(read_yaml(SMOKE), {"name": name, **overrides})
+    path = Path(folder) / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch) -> dict:
+    """Environment for subprocess stages (and this process): MLflow store and checkpoints under tmp_path."""
+    values = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
+              "PIPELINE_RUNS": str(tmp_path / "runs"), "PYTHONHASHSEED": "0"}
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    return {**os.environ, **values}
+
+
+def run_stage(*args, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m pipeline <args>` in a subprocess, output captured."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
