@@ -63,7 +63,9 @@ class Run:
     def _start(self, stage, tags, params, run_id, profile):
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
-            art = (ROOT / "mlartifacts" / self.experiment).resolve().as_uri()
+            # Artifacts beside a SQLite store (tests and users moving the store move them too).
+            art = (self.lock.parent / "mlartifacts" / self.experiment).resolve().as_uri() \
+                if self.uri.startswith("sqlite:///") else None
             exp_id = self.client.create_experiment(self.experiment, artifact_location=art)
         else:
             exp_id = exp.experiment_id
