@@ -48,7 +48,7 @@ rule prepare:
         data=RUNS + "/data/{dataset}.pt",
         info=RUNS + "/data/{dataset}.pt.json",
     params:
-        cfg=section("datasets", "data"),
+        cfg=lambda wc: section(f"datasets.{wc.dataset}", "data"),
     shell:
         "python -m pipeline prepare --profile {PROFILE} --dataset {wildcards.dataset} --out {output.data}"
 

@@ -164,9 +164,10 @@ class Config:
     report: ReportCfg
 
     def section(self, *keys: str) -> dict:
-        """The named top-level sections as plain dicts (what a job depends on, for hashes and MLflow)."""
+        """The named sections ("train", or dotted: "datasets.cifar10") as plain dicts: what a job depends on,
+        for checkpoint keys, MLflow params and the rules' params (Snakemake and DVC rerun when they change)."""
         d = dataclasses.asdict(self)
-        return {k: d[k] for k in keys}
+        return {k: lookup(d, k) for k in keys}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -356,6 +357,12 @@ def _check(c: Config) -> None:
     _need(r.amp in ("auto", "bf16", "off"), "runtime.amp", r.amp, "auto, bf16 or off")
     _need(r.channels_last in ("auto", "on", "off"), "runtime.channels_last", r.channels_last, "auto, on or off")
     _need(r.threads >= 0, "runtime.threads", r.threads, "a non-negative integer (0 = every core)")
+
+
+def lookup(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d[part]
+    return d
 
 
 def full_band_radius(size: int) -> float:

@@ -94,7 +94,7 @@ def _resumed_run_id(cfg, stage, key):
 
 def prepare(cfg: Config, dataset: str, out: str) -> None:
     check_job(cfg, dataset=dataset)
-    with Run(cfg, "prepare", {"dataset": dataset}, cfg.section("datasets", "data")) as run:
+    with Run(cfg, "prepare", {"dataset": dataset}, cfg.section(f"datasets.{dataset}", "data")) as run:
         info = D.prepare(cfg, dataset, Path(out))
         run.set_tags({"data_sha256": info["sha256"]})
         run.log_metrics({f"{k}_images": v for k, v in info["sizes"].items()})

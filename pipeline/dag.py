@@ -1,0 +1,95 @@
+"""dvc.yaml, derived from the Snakefile: the DAG is defined once (in the Snakefile).
+
+Snakemake builds its job graph for a profile; every job becomes one DVC stage with the same command, the
+same inputs (deps) and outputs (outs), and the config keys its rule passes as `params` (so both tools rerun
+exactly the same jobs when a parameter changes). The report's figures and metrics are declared as DVC plots
+and metrics. `python -m pipeline export_dvc --profile smoke > dvc.yaml` regenerates it; a test checks that the
+committed dvc.yaml equals the export.
+"""
+from __future__ import annotations
+
+import contextlib
+import io as _io
+from pathlib import Path
+
+import yaml
+
+from .config import ROOT, lookup, merge, profile_path, read_yaml
+
+
+def snakemake_jobs(profile: str | None) -> list[dict]:
+    """Every job Snakemake plans for the profile (forced: all of them), as plain dicts."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+
+    p = profile_path(profile)
+    configfiles = [p] if p is not None else []
+    jobs = []
+    with contextlib.redirect_stdout(_io.StringIO()), contextlib.redirect_stderr(_io.StringIO()):
+        with SnakemakeApi(OutputSettings()) as api:
+            wf_api = api.workflow(resource_settings=ResourceSettings(cores=1),
+                                  config_settings=ConfigSettings(configfiles=configfiles),
+                                  snakefile=ROOT / "Snakefile", workdir=ROOT)
+            wf_api.dag(DAGSettings(forceall=True))
+            wf = wf_api._workflow            # no public API exposes the planned jobs (snakemake 9)
+            wf._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
+            wf._build_dag()
+            for job in wf.dag.jobs:
+                if not job.rule.shellcmd:          # the target rule `all` runs nothing
+                    continue
+                jobs.append({"rule": job.rule.name, "wildcards": dict(job.wildcards_dict),
+                             "cmd": " ".join(job.shellcmd.split()), "deps": sorted(map(str, job.input)),
+                             "outs": [str(o) for o in job.output],
+                             "params": sorted(job.params.cfg.keys()) if hasattr(job.params, "cfg") else []})
+    return sorted(jobs, key=lambda j: (j["rule"], j["outs"][0]))
+
+
+def _stage_name(job: dict) -> str:
+    w = job["wildcards"]
+    parts = [job["rule"]] + [f"{k}={w[k]}" for k in ("dataset", "arch", "seed", "sparsity", "method") if k in w]
+    return "@".join(parts[:1]) + ("@" + ",".join(parts[1:]) if len(parts) > 1 else "")
+
+
+def _param_keys(sections: list[str], profile: str | None) -> dict:
+    """DVC params per file: a section's keys come from params.yaml, or from the profile where it sets them."""
+    base = read_yaml(ROOT / "params.yaml")
+    p = profile_path(profile)
+    over = read_yaml(p) if p is not None else {}
+    merged = merge(base, over)
+    by_file: dict[str, list[str]] = {}
+
+    def leaves(d, prefix):
+        for k, v in d.items():
+            yield from leaves(v, f"{prefix}.{k}") if isinstance(v, dict) and v else [f"{prefix}.{k}"]
+    for sec in sections:
+        value = lookup(merged, sec)
+        for key in (leaves(value, sec) if isinstance(value, dict) else [sec]):
+            parts = key.split(".")
+            node = over
+            for part in parts:
+                node = node.get(part) if isinstance(node, dict) else None
+            f = str(p.relative_to(ROOT)) if p is not None and node is not None else "params.yaml"
+            by_file.setdefault(f, []).append(key)
+    return by_file
+
+
+def export_dvc(profile: str | None) -> str:
+    stages = {}
+    for job in snakemake_jobs(profile):
+        stage = {"cmd": job["cmd"], "deps": job["deps"] or None}
+        params = _param_keys(job["params"], profile)
+        if params:
+            stage["params"] = [{f: keys} for f, keys in sorted(params.items())]
+        # The report's metrics.json is a DVC metric (kept in git, not the cache) so `dvc metrics show` reads it.
+        metric = [o for o in job["outs"] if job["rule"] == "report" and o.endswith("metrics.json")]
+        stage["outs"] = [o for o in job["outs"] if o not in metric]
+        if metric:
+            stage["metrics"] = [{o: {"cache": False}} for o in metric]
+        stages[_stage_name(job)] = {k: v for k, v in stage.items() if v is not None}
+    figures = [o for s in stages.values() for o in s.get("outs", []) if isinstance(o, str) and o.endswith("figures")]
+    doc = {"stages": stages}
+    if figures:
+        doc["plots"] = [f"{figures[0]}/"]
+    head = ("# GENERATED from the Snakefile by `python -m pipeline export_dvc --profile "
+            f"{profile or 'paper'}` -- do not edit by hand.\n# tests/test_dag.py checks it matches the Snakefile.\n")
+    return head + yaml.safe_dump(doc, sort_keys=False, width=120)
