@@ -145,10 +145,11 @@ def _verdict(rows: list[dict]) -> str:
 def fig_sparsity(summary, ds, arch, path):
     df = summary[(summary.dataset == ds) & (summary.arch == arch)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = dict(zip(df.method.unique(), plt.cm.tab20.colors))
     for m in df[df.method != "dense"].method.unique():
         g = df[df.method == m].groupby("sparsity").test_acc
         ax.errorbar(g.mean().index, 100 * g.mean(), yerr=100 * g.std().fillna(0), marker="o", capsize=3, label=m,
-                    linestyle="-" if m in ONE_SHOT else "--")
+                    color=colors[m], linestyle="-" if m in ONE_SHOT else "--")
     dense = df[df.method == "dense"].test_acc
     ax.axhline(100 * dense.mean(), color="k", lw=1, label="dense")
     ax.set(xlabel="sparsity", ylabel="test accuracy (%)", title=f"{ds} / {arch}: accuracy vs sparsity")
@@ -162,10 +163,11 @@ def fig_bands(spec, ds, arch, s, path, filt):
     df = spec[(spec.dataset == ds) & (spec.arch == arch) & ((spec.sparsity == s) | (spec.method == "dense"))]
     df = df[df.radius != FULL]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    colors = dict(zip(df.method.unique(), plt.cm.tab20.colors))    # 13 lines: tab10 would repeat colours
     for ax, band in zip(axes, ("low", "high")):
         for m in df.method.unique():
             g = df[(df.method == m) & (df.band == band)].groupby("radius").acc.mean()
-            ax.plot(g.index.astype(float), 100 * g.values, marker=".", label=m,
+            ax.plot(g.index.astype(float), 100 * g.values, marker=".", label=m, color=colors[m],
                     lw=2.5 if m in ("dense", "fourier_kd") else 1)
         ax.set(xlabel="radius (frequency bins)", title=f"{band}-pass test accuracy",
                ylabel="accuracy (%)" if band == "low" else None)

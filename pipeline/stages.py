@@ -30,7 +30,12 @@ def _checkpoint(cfg: Config, stage: str, key: str) -> Path:
 def hardware() -> str:
     if torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name()}"
-    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()}"
+    name = platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu:{name}, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s) per job"
 
 
 def check_job(cfg: Config, dataset=None, arch=None, seed=None, sparsity=None, method=None) -> None:
