@@ -45,9 +45,11 @@ def snakemake_jobs(profile: str | None) -> list[dict]:
 
 
 def _stage_name(job: dict) -> str:
+    """e.g. retrain-cifar10-resnet20-seed0-s0p9-fourier_kd (DVC allows no punctuation but - and _)."""
     w = job["wildcards"]
-    parts = [job["rule"]] + [f"{k}={w[k]}" for k in ("dataset", "arch", "seed", "sparsity", "method") if k in w]
-    return "@".join(parts[:1]) + ("@" + ",".join(parts[1:]) if len(parts) > 1 else "")
+    parts = [job["rule"]] + [f"{'seed' if k == 'seed' else 's' if k == 'sparsity' else ''}{w[k]}".replace(".", "p")
+                             for k in ("dataset", "arch", "seed", "sparsity", "method") if k in w]
+    return "-".join(parts)
 
 
 def _param_keys(sections: list[str], profile: str | None) -> dict:
