@@ -81,9 +81,10 @@ def radius_at(epoch: int, epochs: int, start: float, full_band_at: float, schedu
     """Low-pass radius for `epoch` (0-based) of `epochs`: rises from `start` to the full band, reached at
     epoch ceil(full_band_at * epochs) and kept after. Never decreases."""
     top = math.hypot(size // 2, size // 2)          # radius covering the corners
-    p = epoch / (full_band_at * epochs)
-    if p >= 1:
+    # round(.., 9): the decimal product, not its float error (0.55 * 100 = 55.00000000000001 would give 56)
+    if epoch >= math.ceil(round(full_band_at * epochs, 9)):
         return FULL_BAND
+    p = epoch / (full_band_at * epochs)
     if schedule == "linear":
         f = p
     elif schedule == "step":

@@ -173,7 +173,8 @@ def lr_rewind(ctx):
 def gmp_epochs(epochs: int, start: float, end: float) -> tuple[int, int]:
     """The epochs where gradual pruning starts and reaches the target (end <= the last epoch, so the final
     epochs always train the fixed target mask)."""
-    e0 = min(math.floor(start * epochs), epochs - 1)
+    # round(.., 9): the decimal product, not its float error (0.29 * 100 = 28.999999999999996 would give 28)
+    e0 = min(math.floor(round(start * epochs, 9)), epochs - 1)
     e1 = min(epochs - 1, max(e0 + 1, round(end * epochs)))
     return e0, max(e0, e1)
 

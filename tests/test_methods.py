@@ -1,0 +1,350 @@
+"""Retraining methods (pipeline/methods.py) run through the real training loop (pipeline/train.py) on a
+quarter-width resnet20 and 64 synthetic images: exact sparsity, masks held after every step, rounds, rewinding,
+the GMP schedule, the random control, and KD = Fourier KD at the full band."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import config, data as D, io, masks as M, methods as MT, models, stages, train as T
+from pipeline.models import prunable
+
+S = 0.9                                   # target sparsity
+BATCH, N_TRAIN = 32, 64                   # 2 optimizer steps per epoch
+RT = T.Runtime(torch.device("cpu"), amp=False, channels_last=False, compile=False)
+
+
+def replace(cfg, **sections):
+    """cfg with some fields of some sections replaced: replace(cfg, train={"epochs": 3})."""
+    return dataclasses.replace(cfg, **{k: dataclasses.replace(getattr(cfg, k), **v) for k, v in sections.items()})
+
+
+# Small everything: 1 dense epoch (lth rounds, lr_rewind), 2 retraining epochs, 2 rounds of 1 epoch for imp.
+CFG = replace(config.load("smoke"), train={"epochs": 1, "batch_size": BATCH}, retrain={"epochs": 2},
+              imp={"rounds": 2, "epochs_per_round": 1}, lth={"rounds": 2, "rewind_epoch": 0},
+              gmp={"start": 0.1, "end": 0.6})
+GMP_CFG = replace(CFG, train={"epochs": 3})        # gmp_epochs(3, 0.1, 0.6) = (0, 2): start, middle, end
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: torch's thread pool only contends (10x slower); restore after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def net(seed=0):
+    return models.build("resnet20", classes=4, width=0.25, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def data() -> T.Data:
+    tx, ty = D.synthetic(4, N_TRAIN + 16, seed=1)
+    ex, ey = D.synthetic(4, 16, seed=2)
+    return T.Data({"train_x": tx[:N_TRAIN], "train_y": ty[:N_TRAIN], "val_x": tx[N_TRAIN:], "val_y": ty[N_TRAIN:],
+                   "test_x": ex, "test_y": ey, "classes": ["a", "b", "c", "d"]}, "cpu")
+
+
+def context(cfg=CFG) -> MT.Context:
+    """The dense network ('trained' = seed 1), its global MBP mask at S, the initialisation (seed 0) saved at
+    epoch 0, and the dense network as teacher (frozen, eval mode, as the retrain stage sets it)."""
+    dense = {k: v.clone() for k, v in net(seed=1).state_dict().items()}
+    teacher = net(seed=1).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    mask = M.global_magnitude(prunable(net(seed=1)), S)
+    return MT.Context(cfg, S, 0, dense, mask, {0: net(seed=0).state_dict()}, teacher)
+
+
+def instrument(recipe: T.Recipe) -> dict:
+    """Watch a recipe while it runs: the masks in force (returned by the begin / epoch hooks), and at every
+    loss call (= after the previous optimizer step) the number of pruned weights that are not exactly 0."""
+    log = {"masks": None, "steps": 0, "unmasked_steps": 0, "violations": 0, "epoch_masks": []}
+
+    def watch(hook, epoch_hook=False):
+        def wrapped(*args):
+            log["masks"] = hook(*args)
+            if epoch_hook:
+                log["epoch_masks"].append({n: m.clone() for n, m in log["masks"].items()})
+            return log["masks"]
+        return wrapped
+    for r in recipe.rounds:
+        if r.begin is not None:
+            r.begin = watch(r.begin)
+    if recipe.epoch_hook is not None:
+        recipe.epoch_hook = watch(recipe.epoch_hook, epoch_hook=True)
+    loss = recipe.loss
+
+    def checked(student, x, y, epoch, norm):
+        log["steps"] += 1
+        if log["masks"] is None:
+            log["unmasked_steps"] += 1
+        else:
+            w = prunable(student)
+            log["violations"] += sum(int((w[n].detach()[~m] != 0).sum()) for n, m in log["masks"].items())
+        return loss(student, x, y, epoch, norm)
+    recipe.loss = checked
+    return log
+
+
+_RUNS: dict = {}
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """Run a method once (cached for the module): (result of train.run, watch log, context)."""
+    folder = tmp_path_factory.mktemp("ckpt")
+
+    def get(method):
+        if method not in _RUNS:
+            ctx = context(GMP_CFG if method == "gmp" else CFG)
+            recipe = MT.METHODS[method](ctx)
+            log = instrument(recipe)
+            res = T.run(recipe, net(seed=0), data, RT, seed=0, ckpt=folder / f"{method}.pt", key=method)
+            _RUNS[method] = (res, log, ctx)
+        return _RUNS[method]
+    return get
+
+
+def total(w: dict) -> int:
+    return sum(t.numel() for t in w.values())
+
+
+def exact_sparsity(s: float, n: int) -> float:
+    """What masks.stats reports for a mask with exactly round(s * n) zeros among n weights."""
+    return 1.0 - (n - round(s * n)) / n
+
+
+ALL = sorted(MT.METHODS)
+
+
+def test_registry_covers_the_config_methods():
+    assert set(MT.METHODS) == set(config.METHODS) == set(MT.PARAMS)
+
+
+# ------------------------------------------------------------------------------------ every method
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_final_sparsity_is_exact_weight_by_weight(trained, method):
+    res, _, _ = trained(method)
+    w = {n: p.detach() for n, p in prunable(res["model"]).items()}
+    assert set(res["masks"]) == set(w)
+    for n, p in w.items():
+        assert torch.equal(p == 0, ~res["masks"][n]), n        # zero exactly where pruned, nowhere else
+    if method == "finetune_layerwise":
+        assert {n: int((p == 0).sum()) for n, p in w.items()} == {n: round(S * p.numel()) for n, p in w.items()}
+    else:
+        assert sum(int((p == 0).sum()) for p in w.values()) == round(S * total(w))
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_pruned_weights_are_zero_after_every_step(trained, method):
+    res, log, _ = trained(method)
+    assert log["steps"] == res["epochs"] * (N_TRAIN // BATCH)   # the check ran at every step
+    assert log["unmasked_steps"] == 0
+    assert log["violations"] == 0
+
+
+@pytest.mark.parametrize("method", MT.ONE_SHOT + ("lr_rewind",))
+def test_one_shot_methods_spend_their_budget(trained, method):
+    res, _, _ = trained(method)
+    expected = CFG.train.epochs if method == "lr_rewind" else CFG.retrain.epochs
+    assert res["epochs"] == expected and [h["round"] for h in res["history"]] == [0] * expected
+
+
+@pytest.mark.parametrize("method", ["finetune", "kd", "fourier_kd", "fourier_kd_reverse", "freq_ce", "lr_rewind"])
+def test_mbp_methods_keep_the_given_mask(trained, method):
+    res, _, ctx = trained(method)
+    assert all(torch.equal(res["masks"][n], ctx.mask[n]) for n in ctx.mask)
+
+
+def test_random_matches_mbp_per_layer_counts_not_its_pattern(trained):
+    res, _, ctx = trained("random")
+    assert {n: int((~m).sum()) for n, m in res["masks"].items()} == {n: int((~m).sum()) for n, m in ctx.mask.items()}
+    assert any(not torch.equal(res["masks"][n], ctx.mask[n]) for n in ctx.mask)
+    expected = M.random_like(ctx.mask, seed=ctx.seed)           # deterministic: the seed's random mask
+    assert all(torch.equal(res["masks"][n], expected[n]) for n in ctx.mask)
+
+
+def test_fourier_kd_logs_its_radius_schedule(trained):
+    res, _, _ = trained("fourier_kd")
+    d = CFG.distill
+    assert [h["radius"] for h in res["history"]] == [
+        MT.fq.radius_at(e, CFG.retrain.epochs, d.radius_start, d.full_band_at, d.schedule, d.steps) for e in range(2)]
+
+
+# ---------------------------------------------------------------------------------- iterative methods
+
+
+@pytest.mark.parametrize("method,epochs_per_round", [("imp", CFG.imp.epochs_per_round),
+                                                     ("lth", CFG.train.epochs - CFG.lth.rewind_epoch)])
+def test_iterative_methods_reach_the_target_in_the_planned_rounds(trained, method, epochs_per_round):
+    res, _, _ = trained(method)
+    rounds = getattr(CFG, method).rounds
+    assert res["epochs"] == rounds * epochs_per_round
+    assert [h["round"] for h in res["history"]] == [r for r in range(rounds) for _ in range(epochs_per_round)]
+    n = total(res["masks"])
+    assert [h["sparsity"] for h in res["history"]] == [
+        exact_sparsity(t, n) for t in M.iterative_targets(S, rounds) for _ in range(epochs_per_round)]
+
+
+def test_lth_begin_rewinds_survivors_to_the_saved_weights():
+    ctx = context()
+    recipe = MT.lth(ctx)
+    rewind = ctx.snapshots[CFG.lth.rewind_epoch]
+    model = net(seed=5)
+    masks = None
+    for i, rnd in enumerate(recipe.rounds):
+        before = {n: p.detach().clone() for n, p in prunable(model).items()}
+        new = rnd.begin(model, masks)
+        M.apply(prunable(model), new)                          # what train.run does right after begin
+        # round 0 prunes the dense (trained) weights, later rounds the weights the previous round trained,
+        # to this round's target, never reviving a pruned weight
+        pruned_from = {n: ctx.dense[n] for n in before} if i == 0 else before
+        target = M.iterative_targets(S, CFG.lth.rounds)[i]
+        assert all(torch.equal(new[n], e) for n, e in M.global_magnitude(pruned_from, target, masks).items())
+        assert i == 0 or all(not (new[n] & ~masks[n]).any() for n in new)
+        state = model.state_dict()
+        for n, m in new.items():
+            assert torch.equal(state[n][m], rewind[n][m])      # survivors: exactly their epoch-k values
+            assert (state[n][~m] == 0).all()                   # pruned: exactly 0
+        others = [k for k in rewind if k not in new]           # biases, batch norm: rewound too
+        assert all(torch.equal(state[k], rewind[k]) for k in others)
+        masks = new
+        with torch.no_grad():                                  # 'train' the round: move every weight
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+
+
+# ------------------------------------------------------------------------------------------------ gmp
+
+
+def test_gmp_epochs():
+    assert MT.gmp_epochs(160, 0.1, 0.6) == (16, 96)
+    assert MT.gmp_epochs(3, 0.1, 0.6) == (0, 2)
+    assert MT.gmp_epochs(10, 0.1, 1.0) == (1, 9)               # the target is reached by the last epoch
+    assert MT.gmp_epochs(1, 0.1, 0.6) == (0, 0)                # one epoch: the target mask from the start
+    assert MT.gmp_epochs(100, 0.29, 0.6) == (29, 60)           # 0.29 * 100 is 28.999999999999996 in floats
+
+
+def test_gmp_follows_the_cubic_schedule(trained):
+    res, log, _ = trained("gmp")
+    e0, e1 = MT.gmp_epochs(GMP_CFG.train.epochs, GMP_CFG.gmp.start, GMP_CFG.gmp.end)
+    assert (e0, e1) == (0, 2)
+    n = total(res["masks"])
+    # start 0, middle 0.9 * (1 - (1/2)^3) = 0.7875, end 0.9: exact counts at each epoch
+    expected = [exact_sparsity(s, n) for s in (0.0, 0.9 * (1 - 0.5 ** 3), 0.9)]
+    assert [M.cubic_sparsity(e, e0, e1, S) for e in range(3)] == pytest.approx([0.0, 0.7875, 0.9])
+    assert [h["sparsity"] for h in res["history"]] == expected
+    masks = log["epoch_masks"]
+    for a, b in zip(masks, masks[1:]):                         # gradual pruning never revives a weight
+        assert all(not (b[k] & ~a[k]).any() for k in a)
+
+
+# ------------------------------------------------------------------------------------------------- kd
+
+
+def test_kd_equals_fourier_kd_at_the_full_band(data):
+    ctx = context()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 4, (8,), generator=g)
+    student = net(seed=0).eval()
+    d = CFG.distill
+    plain = MT.kd_loss(ctx.teacher, d.T, d.alpha, radius_fn=None)(student, x, y, 0, data.normalize)
+    full = MT.kd_loss(ctx.teacher, d.T, d.alpha, radius_fn=lambda e: math.inf)(student, x, y, 0, data.normalize)
+    assert torch.equal(plain[0], full[0]) and torch.equal(plain[1], full[1])
+    assert math.isinf(plain[2]) and math.isinf(full[2])
+
+
+def test_kd_recipe_equals_fourier_kd_recipe_once_the_schedule_is_full(data):
+    ctx = context()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 4, (8,), generator=g)
+    student = net(seed=0).eval()
+    kd, fkd = MT.kd(ctx).loss, MT.fourier_kd(ctx).loss
+    full = math.ceil(CFG.distill.full_band_at * CFG.retrain.epochs)
+    assert torch.equal(kd(student, x, y, full, data.normalize)[0], fkd(student, x, y, full, data.normalize)[0])
+    # ... and not before: at epoch 0 the teacher sees a low-passed batch (so the check above is not vacuous)
+    assert not torch.equal(kd(student, x, y, 0, data.normalize)[0], fkd(student, x, y, 0, data.normalize)[0])
+
+
+def test_kd_loss_is_the_paper_formula(data):
+    # alpha T^2 KL(teacher || student) + (1 - alpha) CE, computed by hand on the same logits
+    ctx = context()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 4, (8,), generator=g)
+    student = net(seed=0).eval()
+    loss, logits, _ = MT.kd_loss(ctx.teacher, 4.0, 0.9)(student, x, y, 0, data.normalize)
+    s, t = logits.double(), ctx.teacher(data.normalize(x)).double()
+    p_t = torch.softmax(t / 4, 1)
+    kl = (p_t * (torch.log_softmax(t / 4, 1) - torch.log_softmax(s / 4, 1))).sum(1).mean()
+    ce = torch.nn.functional.cross_entropy(s, y)
+    assert loss.item() == pytest.approx((0.9 * 16 * kl + 0.1 * ce).item(), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+class _NoRun:
+    """Stands in for the MLflow run in stages._finish (tracking is tested elsewhere)."""
+    def log_metrics(self, *a, **k): pass
+    def log_artifact(self, *a, **k): pass
+
+
+def test_checkpointed_run_deletes_nothing_and_resumes_without_training(data, tmp_path):
+    ctx = context()
+    keep = {tmp_path / "data.pt": b"prepared", tmp_path / "out" / "mask.pt": b"mask"}
+    for p, b in keep.items():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b)
+    ckpt = tmp_path / "runs" / "ck.pt"
+    res = T.run(MT.finetune(ctx), net(), data, RT, seed=0, ckpt=ckpt, key="k")
+    assert all(p.read_bytes() == b for p, b in keep.items())                # nothing else touched
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["ck.pt"]       # no temp files left behind
+    state = io.load(ckpt, "checkpoint", keys=("key", "round", "epoch"))
+    assert (state["key"], state["round"], state["epoch"]) == ("k", 0, CFG.retrain.epochs)
+
+    # Resuming a finished checkpoint trains nothing and gives back the same model, masks and history.
+    recipe = MT.finetune(ctx)
+    log = instrument(recipe)
+    again = T.run(recipe, net(), data, RT, seed=0, ckpt=ckpt, key="k")
+    assert log["steps"] == 0 and again["history"] == res["history"] and again["epochs"] == res["epochs"]
+    a, b = res["model"].state_dict(), again["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(res["masks"][n], again["masks"][n]) for n in res["masks"])
+
+
+def test_checkpoint_of_other_parameters_is_refused_not_overwritten(data, tmp_path):
+    ckpt = tmp_path / "ck.pt"
+    T.run(MT.finetune(context()), net(), data, RT, seed=0, ckpt=ckpt, key="k")
+    before = ckpt.read_bytes()
+    with pytest.raises(io.CorruptFile, match="other parameters"):
+        T.run(MT.finetune(context()), net(), data, RT, seed=0, ckpt=ckpt, key="other")
+    assert ckpt.read_bytes() == before
+
+
+def test_finishing_a_stage_removes_only_its_checkpoint(trained, data, tmp_path):
+    res, _, ctx = trained("finetune")
+    ckpt = tmp_path / "runs" / "ck.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"checkpoint")
+    inputs = {tmp_path / "data.pt": b"prepared", tmp_path / "dense.pt": b"dense", tmp_path / "mask.pt": b"mask"}
+    for p, b in inputs.items():
+        p.write_bytes(b)
+    out = tmp_path / "finetune" / "model.pt"
+    stages._finish(CFG, _NoRun(), res, data, RT, str(out), "resnet20", ckpt, 1.0)
+    assert not ckpt.exists()
+    assert all(p.read_bytes() == b for p, b in inputs.items())
+    assert sorted(p.name for p in out.parent.iterdir()) == ["metrics.json", "model.pt"]
+    # the output holds the pruned model and its masks, exactly
+    loaded, blob = stages.load_model(out)
+    for n, m in blob["masks"].items():
+        assert torch.equal(m, res["masks"][n])
+        assert torch.equal(loaded.state_dict()[n] == 0, ~m)
