@@ -55,7 +55,9 @@ class Run:
         from mlflow.tracking import MlflowClient   # imported here: stages that never track skip its import cost
         self.uri = tracking_uri(cfg)
         self.lock = _lock_path(self.uri)
-        self.client = MlflowClient(self.uri)
+        # Under the lock too: creating the client creates (migrates) a fresh store's tables, and parallel
+        # jobs doing that at once fail ("table _alembic_tmp_... already exists", "database is locked").
+        self.client = self._call(MlflowClient, self.uri)
         self.experiment = cfg.name
         self.run_id = run_id
         self._call(self._start, stage, tags, params, run_id, cfg.name)
