@@ -47,7 +47,9 @@ def _jobs(cfg_path: Path) -> int:
     g = yaml.safe_load(cfg_path.read_text())["grid"]
     cells = len(g["datasets"]) * len(g["archs"]) * len(g["seeds"])
     methods = len(yaml.safe_load((ROOT / "params.yaml").read_text())["grid"]["methods"])
-    return 1 + 3 * cells + cells * len(g["sparsities"]) * (2 * methods + 2) + 1   # prepare ... report
+    # prepare per dataset; dense + its spectral per cell; prune + spectral_pruned + (retrain + spectral) per
+    # method, per sparsity; one report
+    return len(g["datasets"]) + 2 * cells + cells * len(g["sparsities"]) * (2 * methods + 2) + 1
 
 
 def test_every_output_exists_and_parses(smoke):
