@@ -8,11 +8,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pipeline.config import ROOT, merge, read_yaml
 
 SMOKE = ROOT / "profiles" / "smoke.yaml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors on a 2-core machine: torch's thread pool only contends (up to 10x slower); restored after.
+    Subprocess stages set their own threads from the profile."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def write_profile(folder: Path, name: str = "t", **overrides) -> Path:

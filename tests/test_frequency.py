@@ -11,14 +11,6 @@ from pipeline import frequency as fq
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: torch's thread pool only contends (10x slower); restore after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 TOP = math.hypot(SIZE // 2, SIZE // 2)        # the radius that covers the corners of the centred spectrum
 
 

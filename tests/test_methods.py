@@ -30,15 +30,6 @@ CFG = replace(config.load("smoke"), train={"epochs": 1, "batch_size": BATCH}, re
 GMP_CFG = replace(CFG, train={"epochs": 3})        # gmp_epochs(3, 0.1, 0.6) = (0, 2): start, middle, end
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: torch's thread pool only contends (10x slower); restore after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def net(seed=0):
     return models.build("resnet20", classes=4, width=0.25, seed=seed)
 

@@ -13,15 +13,6 @@ from pipeline.config import SpectralCfg
 RT = T.Runtime(torch.device("cpu"), amp=False, channels_last=False, compile=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: torch's thread pool only contends (10x slower); restore after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data() -> T.Data:
     tx, ty = D.synthetic(4, 48, seed=1)
