@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io as _io
-from pathlib import Path
 
 import yaml
 
