@@ -291,6 +291,7 @@ def _check(c: Config) -> None:
         if d.source == "synthetic":
             _need(d.train_size is not None and d.test_size is not None, f"{k}.train_size", d.train_size,
                   "set (with test_size) for a synthetic dataset")
+        if d.train_size is not None:   # the validation images are held out of the train_size images
             _need(d.val_size < d.train_size, f"{k}.val_size", d.val_size, f"smaller than train_size={d.train_size}")
         if d.source == "imagefolder":
             _need(d.path is not None, f"{k}.path", d.path, "the folder holding train/<class>/ and test/<class>/")
@@ -301,6 +302,10 @@ def _check(c: Config) -> None:
             found = sorted(p.name for p in (folder / "train").iterdir() if p.is_dir())
             _need(len(found) == d.classes, f"{k}.classes", d.classes,
                   f"the number of class folders in {folder / 'train'} ({len(found)})")
+            in_test = sorted(p.name for p in (folder / "test").iterdir() if p.is_dir())
+            _need(in_test == found, f"{k}.path", d.path,
+                  f"a folder whose test/ holds the same class folders as train/ (only in train/: "
+                  f"{sorted(set(found) - set(in_test))[:5]}, only in test/: {sorted(set(in_test) - set(found))[:5]})")
     g = c.grid
     for ds in g.datasets:
         _need(ds in c.datasets, "grid.datasets", ds, f"a dataset defined under datasets: {list(c.datasets)}")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import io
-from .config import Config, DatasetCfg, resolve_path
+from .config import Config, ConfigError, DatasetCfg, resolve_path
 
 SIZE = 32
 
@@ -44,15 +44,18 @@ def _imagefolder(d: DatasetCfg, split_seed: int):
     for split, limit in (("train", d.train_size), ("test", d.test_size)):
         files = [(f, y) for y, c in enumerate(classes) for f in sorted((folder / split / c).iterdir()) if f.is_file()]
         if not files:
-            raise ValueError(f"{folder / split}: no image files")
+            raise io.CorruptFile(f"{folder / split}: no image files")
         if limit is not None and limit < len(files):   # a fixed random subset, same for every run
             g = torch.Generator().manual_seed(split_seed)
             files = [files[i] for i in sorted(torch.randperm(len(files), generator=g)[:limit].tolist())]
         x = np.empty((len(files), SIZE, SIZE, 3), dtype=np.uint8)
         for i, (f, _) in enumerate(files):
-            with Image.open(f) as im:
-                im = im.convert("RGB")
-                x[i] = np.asarray(im if im.size == (SIZE, SIZE) else im.resize((SIZE, SIZE), Image.BILINEAR))
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("RGB")
+                    x[i] = np.asarray(im if im.size == (SIZE, SIZE) else im.resize((SIZE, SIZE), Image.BILINEAR))
+            except (OSError, ValueError) as e:   # PIL: unidentified, truncated or damaged image
+                raise io.CorruptFile(f"{f}: not a readable image ({type(e).__name__}: {e})") from None
         out += [torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.tensor([y for _, y in files])]
     return (*out, classes)
 
@@ -107,8 +110,8 @@ def prepare(cfg: Config, dataset: str, out: Path) -> dict:
     else:
         tx, ty, ex, ey, classes = _synthetic(d, cfg.data.split_seed)
     if d.val_size >= len(ty):
-        raise ValueError(f"datasets.{dataset}.val_size = {d.val_size}: must be smaller than the "
-                         f"{len(ty)} training images")
+        raise ConfigError(f"datasets.{dataset}.val_size = {d.val_size}: must be smaller than the "
+                          f"{len(ty)} training images")
     perm = torch.randperm(len(ty), generator=torch.Generator().manual_seed(cfg.data.split_seed))
     val, train = perm[: d.val_size].sort().values, perm[d.val_size:].sort().values
     blob = {"kind": "dataset", "name": dataset, "classes": classes,

@@ -61,7 +61,7 @@ def load(path, kind: str, keys=()) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise CorruptFile(f"{path}: not a readable {kind} file (truncated or foreign?): "
-                          f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+                          f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}") from None
     if not isinstance(obj, dict) or obj.get("kind") != kind or any(k not in obj for k in keys):
         found = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__
         raise CorruptFile(f"{path}: expected a {kind} file, found {found!r}")

@@ -67,7 +67,10 @@ def load_model(path, rt: T.Runtime | None = None):
     except RuntimeError as e:
         raise io.CorruptFile(f"{path}: weights do not fit {blob['arch']}: {str(e).splitlines()[0]}") from None
     if blob.get("masks") is not None:
-        M.check_compatible(blob["masks"], models.prunable(net), path)
+        try:
+            M.check_compatible(blob["masks"], models.prunable(net), path)
+        except ValueError as e:
+            raise io.CorruptFile(str(e)) from None
     return (T.to_device(net, rt) if rt else net), blob
 
 
@@ -91,7 +94,7 @@ def _train(cfg, stage, recipe, net, data, rt, seed, key, run: Run):
 
 
 def _resumed_run_id(cfg, stage, key):
-    return T.checkpoint_run_id(_checkpoint(cfg, stage, key))
+    return T.checkpoint_run_id(_checkpoint(cfg, stage, key), key)
 
 
 # ------------------------------------------------------------------------------------------- the stages
