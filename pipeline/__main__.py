@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from .config import ConfigError, load
-from .io import CorruptFile
+from .errors import CorruptFile
 
 
 def _parser() -> argparse.ArgumentParser:

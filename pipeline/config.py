@@ -340,6 +340,11 @@ def _check(c: Config) -> None:
     _need(0 <= d.radius_start < full_band_radius(32), "distill.radius_start", d.radius_start,
           f"in [0, {full_band_radius(32):.2f}) so that the schedule rises to the full band")
     _need(0 < d.full_band_at <= 1, "distill.full_band_at", d.full_band_at, "in (0, 1]")
+    # The curriculum must end on the full band within the budget (epoch ceil(full_band_at * epochs) exists).
+    reached = math.ceil(round(d.full_band_at * c.retrain.epochs, 9))
+    _need(reached < c.retrain.epochs, "distill.full_band_at", d.full_band_at,
+          f"small enough that the radius reaches the full band within retrain.epochs={c.retrain.epochs} "
+          f"(it would at epoch {reached}, the last is {c.retrain.epochs - 1})")
     _need(d.schedule in SCHEDULES, "distill.schedule", d.schedule, f"one of {SCHEDULES}")
     _need(d.steps >= 1, "distill.steps", d.steps, "a positive integer")
     _need(d.filter in FILTERS, "distill.filter", d.filter, f"one of {FILTERS}")

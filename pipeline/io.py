@@ -10,9 +10,7 @@ from pathlib import Path
 
 import torch
 
-
-class CorruptFile(RuntimeError):
-    """A truncated, foreign or tampered file: the message names it."""
+from .errors import CorruptFile  # noqa: F401 - re-exported: io.CorruptFile is what stages raise
 
 
 def _atomic(path: Path, write) -> None:

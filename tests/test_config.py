@@ -3,8 +3,7 @@ run a stage: exit status 2, the offending key named on stderr, no traceback, not
 (no checkpoint folder, no output, not even an MLflow store). Also bad wildcards on a direct call, and the
 positive side: params.yaml and every shipped profile validate.
 
-Cost: every subprocess spends ~3 s of CPU importing torch before it reads the config (pipeline/__main__.py
-imports pipeline.io, which imports torch), so the cases run two at a time from one module fixture.
+Cost: a config error exits before torch is imported (~0.2 s); the cases still run two at a time.
 """
 from __future__ import annotations
 
@@ -75,6 +74,9 @@ CASES = {
     # the full band of a 32x32 centred spectrum is hypot(16, 16) = 22.6 bins: the schedule never rises to
     # it from a start beyond it
     "radius-start-beyond-full-band": (_const({"distill": {"radius_start": 23.0}}), "distill.radius_start"),
+    # 2 retraining epochs with full_band_at 0.7: the full band would come at epoch ceil(1.4) = 2, after the end
+    "full-band-never-reached": (_const({"retrain": {"epochs": 2}, "distill": {"full_band_at": 0.7}}),
+                                "distill.full_band_at"),
     "imagefolder-missing-path": (lambda tmp: {"datasets": {"folder": {
         "source": "imagefolder", "classes": 3, "path": str(tmp / "no" / "such" / "folder")}}},
         "datasets.folder.path"),
