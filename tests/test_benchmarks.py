@@ -1,0 +1,40 @@
+"""The benchmark script runs (tiny sizes) and prints every row; no timing is asserted (see benchmarks/)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from benchmarks.run import ROWS, write_results
+from pipeline.config import ROOT
+
+
+def test_quick_run_prints_every_row(tmp_path, env):
+    out = tmp_path / "bench.md"
+    p = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    table = [ln for ln in p.stdout.splitlines() if ln.startswith("| ")]
+    for name in ROWS:
+        row = next((ln for ln in table if ln.startswith(f"| {name} |")), None)
+        assert row is not None, f"row {name!r} missing from:\n{p.stdout}"
+        ratio, target = [c.strip() for c in row.split("|")[2:4]]
+        assert target, row
+        if ratio == "n/a":
+            assert "skipped" in row, row              # not measured: it says why (never a failure)
+        else:
+            assert float(ratio) >= 0, row
+    for head in ("machine:", "torch", "date:"):
+        assert head in p.stdout
+    assert "| dense training: suite / bare loop |" in out.read_text()
+
+
+def test_results_go_into_the_results_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# B\n\nintro\n\n## Results\n\nplaceholder\n\n## Later\n\nkept\n")
+    write_results(readme, "| a | b |\n")
+    write_results(readme, "| c | d |\n")             # a second run replaces the first
+    text = readme.read_text()
+    assert text == "# B\n\nintro\n\n## Results\n\n| c | d |\n\n## Later\n\nkept\n"
+    plain = tmp_path / "plain.md"
+    write_results(plain, "| x |")
+    assert plain.read_text() == "| x |\n"
