@@ -75,22 +75,25 @@ def _param_keys(sections: list[str], profile: str | None) -> dict:
 
 
 def export_dvc(profile: str | None) -> str:
-    stages = {}
-    for job in snakemake_jobs(profile):
+    stages, jobs = {}, snakemake_jobs(profile)
+    for job in jobs:
         stage = {"cmd": job["cmd"], "deps": job["deps"] or None}
         params = _param_keys(job["params"], profile)
         if params:
             stage["params"] = [{f: keys} for f, keys in sorted(params.items())]
-        # The report's metrics.json is a DVC metric (kept in git, not the cache) so `dvc metrics show` reads it.
-        metric = [o for o in job["outs"] if job["rule"] == "report" and o.endswith("metrics.json")]
-        stage["outs"] = [o for o in job["outs"] if o not in metric]
-        if metric:
+        if job["rule"] == "report":
+            # The report lives in git (results/ is committed): DVC tracks it without caching or git-ignoring
+            # it, and its metrics.json is a DVC metric so that `dvc metrics show` reads it.
+            metric = [o for o in job["outs"] if o.endswith("metrics.json")]
+            stage["outs"] = [{o: {"cache": False}} for o in job["outs"] if o not in metric]
             stage["metrics"] = [{o: {"cache": False}} for o in metric]
+        else:
+            stage["outs"] = job["outs"]
         stages[_stage_name(job)] = {k: v for k, v in stage.items() if v is not None}
-    figures = [o for s in stages.values() for o in s.get("outs", []) if isinstance(o, str) and o.endswith("figures")]
+    figures = [o for j in jobs if j["rule"] == "report" for o in j["outs"] if o.endswith("figures")]
     doc = {"stages": stages}
     if figures:
-        doc["plots"] = [f"{figures[0]}/"]
+        doc["plots"] = [f"{figures[0]}/"]            # `dvc plots show` renders the report's figures
     head = ("# GENERATED from the Snakefile by `python -m pipeline export_dvc --profile "
             f"{profile or 'paper'}` -- do not edit by hand.\n# tests/test_dag.py checks it matches the Snakefile.\n")
     return head + yaml.safe_dump(doc, sort_keys=False, width=120)

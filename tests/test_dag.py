@@ -23,7 +23,7 @@ def test_dvc_stages_match_snakemake_jobs_one_to_one():
         match = [s for s in stages.values() if s["cmd"] == job["cmd"]]
         assert len(match) == 1, job["cmd"]
         s = match[0]
-        outs = list(s.get("outs", [])) + [next(iter(m)) for m in s.get("metrics", [])]
+        outs = [o if isinstance(o, str) else next(iter(o)) for o in s.get("outs", []) + s.get("metrics", [])]
         assert sorted(outs) == sorted(job["outs"])
         assert sorted(s.get("deps", [])) == job["deps"]
 
