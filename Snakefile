@@ -12,8 +12,7 @@
 
 configfile: "params.yaml"
 
-from pipeline.config import validate
-from pipeline.methods import PARAMS
+from pipeline.config import METHOD_PARAMS, validate    # torch-free: a no-op rerun stays fast
 
 CFG = validate(config)               # the whole config is checked before any job starts
 PROFILE = CFG.name
@@ -93,7 +92,7 @@ rule retrain:
         model=RETRAINED + "/model.pt",
         metrics=RETRAINED + "/metrics.json",
     params:
-        cfg=lambda wc: section(*PARAMS[wc.method]),
+        cfg=lambda wc: section(*METHOD_PARAMS[wc.method]),
     shell:
         "python -m pipeline retrain --profile {PROFILE} --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --sparsity {wildcards.sparsity} --method {wildcards.method}"

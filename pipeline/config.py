@@ -23,6 +23,16 @@ SOURCES = ("torchvision", "imagefolder", "synthetic")
 TORCHVISION_DATASETS = ("cifar10", "cifar100")
 METHODS = ("finetune", "finetune_layerwise", "random", "kd", "fourier_kd", "fourier_kd_reverse", "freq_ce",
            "imp", "lth", "lr_rewind", "gmp")
+# The config sections each retraining method reads (its rule's params: Snakemake and DVC rerun a method only
+# when one of these changed). Here, not in methods.py, so that parsing the Snakefile never imports torch.
+_COMMON = ("retrain", "train", "model", "prune", "runtime")
+METHOD_PARAMS = {
+    "finetune": _COMMON, "finetune_layerwise": _COMMON, "random": _COMMON,
+    "kd": _COMMON + ("distill",), "fourier_kd": _COMMON + ("distill",),
+    "fourier_kd_reverse": _COMMON + ("distill",), "freq_ce": _COMMON + ("distill",),
+    "imp": _COMMON + ("imp",), "lth": _COMMON + ("lth",), "lr_rewind": _COMMON, "gmp": _COMMON + ("gmp",),
+}
+assert set(METHOD_PARAMS) == set(METHODS)
 SCHEDULES = ("linear", "step", "cosine")
 FILTERS = ("circle", "square")
 

@@ -2,8 +2,8 @@
 
 One-shot methods share ONE budget (retrain.epochs, retrain.lr, retrain.lr_drops); the iterative and
 from-scratch methods (imp, lth, lr_rewind, gmp) cost more by nature and report the epochs they spend.
-`PARAMS` says which config sections each method reads: the Snakefile passes exactly those to its rule, so
-Snakemake and DVC rerun a method only when what it depends on changed.
+config.METHOD_PARAMS says which config sections each method reads: the Snakefile passes exactly those to its
+rule, so Snakemake and DVC rerun a method only when what it depends on changed.
 """
 from __future__ import annotations
 
@@ -17,13 +17,6 @@ from . import frequency as fq, masks as M
 from .models import prunable
 from .train import Recipe, Round, cross_entropy
 
-COMMON = ("retrain", "train", "model", "prune", "runtime")
-PARAMS = {
-    "finetune": COMMON, "finetune_layerwise": COMMON, "random": COMMON,
-    "kd": COMMON + ("distill",), "fourier_kd": COMMON + ("distill",),
-    "fourier_kd_reverse": COMMON + ("distill",), "freq_ce": COMMON + ("distill",),
-    "imp": COMMON + ("imp",), "lth": COMMON + ("lth",), "lr_rewind": COMMON, "gmp": COMMON + ("gmp",),
-}
 ONE_SHOT = ("finetune", "finetune_layerwise", "random", "kd", "fourier_kd", "fourier_kd_reverse", "freq_ce")
 
 
@@ -50,9 +43,10 @@ def kd_loss(teacher, T: float, alpha: float, radius_fn=None, band: str = "low", 
         r = radius_fn(epoch) if radius_fn else fq.FULL_BAND
         full = math.isinf(r)
         xf = x if full else (fq.lowpass(x, r, shape) if band == "low" else fq.highpass(x, r, shape))
+        nxf = norm(xf)                        # normalised once, shared by teacher and student
         with torch.no_grad():
-            t = teacher(norm(xf))
-        s_f = student(norm(xf))
+            t = teacher(nxf)
+        s_f = student(nxf)
         s = s_f if full else student(norm(x))
         kl = F.kl_div(F.log_softmax(s_f.float() / T, 1), F.log_softmax(t.float() / T, 1), log_target=True,
                       reduction="batchmean")

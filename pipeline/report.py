@@ -206,6 +206,12 @@ def fig_heatmaps(cfg, ds, arch, s, path):
 # ------------------------------------------------------------------------------------------------ report
 
 
+def _short(commit: str) -> str:
+    """abc123...-dirty -> abc123456789-dirty (a report from uncommitted code says so)."""
+    sha, _, dirty = commit.partition("-")
+    return sha[:12] + (f"-{dirty}" if dirty else "")
+
+
 def _describe_data(cfg: Config) -> str:
     out = []
     for ds in cfg.grid.datasets:
@@ -251,7 +257,7 @@ def report(cfg: Config) -> None:
                  f"- Profile: `{cfg.name}` (params.yaml" + ("" if cfg.name == "paper" else f" + profiles/{cfg.name}.yaml")
                  + ")", f"- Data: {_describe_data(cfg)}", f"- Hardware: {hardware}",
                  f"- Seeds: {cfg.grid.seeds}; sparsities: {cfg.grid.sparsities}; methods: {', '.join(cfg.grid.methods)}",
-                 f"- Written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC from commit {git_commit()[:12]} "
+                 f"- Written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC from commit {_short(git_commit())} "
                  "by `python -m pipeline report`; every number below comes from runs/" + cfg.name + "/.",
                  "- Model selection: the last epoch of each schedule (no test-set selection); validation accuracy "
                  "is in summary.csv. Test set read once per model.", ""]

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import data as D, io, masks as M, methods as MT, models, spectral as S, train as T
-from .config import ROOT, Config, ConfigError, digest
+from .config import METHOD_PARAMS, ROOT, Config, ConfigError, digest
 from .tracking import Run
 
 
@@ -131,8 +131,8 @@ def prune(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, dens
     """Stage 1 of the paper: the topology, by global magnitude pruning of the trained dense network."""
     check_job(cfg, dataset=dataset, arch=arch, seed=seed, sparsity=sparsity)
     tags = {"dataset": dataset, "arch": arch, "seed": seed, "sparsity": sparsity, "method": "mbp"}
+    net, _ = load_model(dense)                        # inputs are checked before the MLflow run opens
     with Run(cfg, "prune", tags, cfg.section("prune")) as run:
-        net, _ = load_model(dense)
         masks = M.global_magnitude(models.prunable(net, cfg.prune.exclude), sparsity)
         st = M.stats(masks)
         io.save({"kind": "mask", "arch": arch, "sparsity": sparsity, "masks": masks}, out)
@@ -153,7 +153,7 @@ def retrain(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, me
     if method == "lth" and cfg.lth.rewind_epoch not in snaps:
         raise io.CorruptFile(f"{snapshots}: no weights saved at epoch {cfg.lth.rewind_epoch} "
                              f"(lth.rewind_epoch); add it to train.save_epochs and rerun train_dense")
-    params = cfg.section(*MT.PARAMS[method])
+    params = cfg.section(*METHOD_PARAMS[method])
     key = digest({"stage": "retrain", "dataset": dataset, "arch": arch, "seed": seed, "sparsity": sparsity,
                   "method": method, "data": blob["sha256"], "dense": io.sha256(dense), **params})
     tags = {"dataset": dataset, "arch": arch, "seed": seed, "sparsity": sparsity, "method": method,

@@ -71,9 +71,9 @@ class Run:
             exp_id = self.client.create_experiment(self.experiment, artifact_location=art)
         else:
             exp_id = exp.experiment_id
-        if run_id is not None:
+        if run_id is not None and self._exists(run_id):
             self.client.update_run(run_id, status="RUNNING")   # a resumed job continues its own run
-        else:
+        else:                                                  # (a new run if that store was deleted)
             tags = {"stage": stage, "git_commit": git_commit(), "profile": profile,
                     **{k: str(v) for k, v in tags.items()}}
             name = "-".join(str(tags[k]) for k in ("stage", "dataset", "arch", "method", "sparsity", "seed")
@@ -83,6 +83,14 @@ class Run:
             items = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(params).items())]
             for i in range(0, len(items), 100):
                 self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+        try:
+            self.client.get_run(run_id)
+            return True
+        except MlflowException:
+            return False
 
     @contextmanager
     def _locked(self):

@@ -115,7 +115,7 @@ ALL = sorted(MT.METHODS)
 
 
 def test_registry_covers_the_config_methods():
-    assert set(MT.METHODS) == set(config.METHODS) == set(MT.PARAMS)
+    assert set(MT.METHODS) == set(config.METHODS) == set(config.METHOD_PARAMS)
 
 
 # ------------------------------------------------------------------------------------ every method
