@@ -629,13 +629,15 @@ def path_rows(bench: Bench, sz: Sizes, deadline: float, quick: bool) -> list[Row
         rows.append(Row(name, r, f"> 1 ({info}.threads)", None,
                         f"1 thread {t['one'] * 1e3:.0f} ms/step, {cores} threads {t['all'] * 1e3:.0f} ms/step"))
 
-    name = "speedup: channels_last on / off"
-    log(name)
-    t = speed({"on": bench.suite(rt=replace(rt, channels_last=True), data=bench.path_data),
-               "off": bench.suite(rt=replace(rt, channels_last=False), data=bench.path_data)})
-    r = t["off"] / t["on"]
-    rows.append(Row(name, r, f"> 1 to enable ({info}.channels_last)", None,
-                    f"on {t['on'] * 1e3:.0f} ms/step, off {t['off'] * 1e3:.0f} ms/step ({rt.device.type})"))
+    def toggle(name, field, target, on="on", off="off"):
+        """Dense steps of the suite with one runtime switch on vs off: the speedup of turning it on."""
+        log(name)
+        t = speed({"on": bench.suite(rt=replace(rt, **{field: True}), data=bench.path_data),
+                   "off": bench.suite(rt=replace(rt, **{field: False}), data=bench.path_data)})
+        return Row(name, t["off"] / t["on"], target, None,
+                   f"{on} {t['on'] * 1e3:.0f} ms/step, {off} {t['off'] * 1e3:.0f} ms/step ({rt.device.type})")
+
+    rows.append(toggle("speedup: channels_last on / off", "channels_last", f"> 1 to enable ({info}.channels_last)"))
 
     name = "speedup: torch.compile on / off"
     left = deadline - time.perf_counter()
@@ -669,12 +671,7 @@ def path_rows(bench: Bench, sz: Sizes, deadline: float, quick: bool) -> list[Row
     if rt.device.type != "cuda":
         rows.append(Row(name, None, f"> 1 ({info}.amp)", None, "skipped: no CUDA device"))
     else:
-        log(name)
-        t = speed({"on": bench.suite(rt=replace(rt, amp=True), data=bench.path_data),
-                   "off": bench.suite(rt=replace(rt, amp=False), data=bench.path_data)})
-        r = t["off"] / t["on"]
-        rows.append(Row(name, r, f"> 1 ({info}.amp)", None,
-                        f"bf16 {t['on'] * 1e3:.0f} ms/step, fp32 {t['off'] * 1e3:.0f} ms/step"))
+        rows.append(toggle(name, "amp", f"> 1 ({info}.amp)", on="bf16", off="fp32"))
     return rows
 
 
