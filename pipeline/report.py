@@ -285,7 +285,10 @@ def report(cfg: Config) -> None:
                 sig_table, sig = _signature(spec, ds, arch)
                 lines += ["### Spectral signature of pruning (MBP topology, before retraining)", "",
                           "Agreement of the pruned network with its dense teacher, on low-pass images and on "
-                          "high-pass images, averaged over the radii " + str(cfg.spectral.radii) + ".", "",
+                          "high-pass images, averaged over the radii " + str(cfg.spectral.radii) + ". "
+                          "Caveat: where both networks are near chance on a band (often the high-pass band), "
+                          "agreement measures a shared bias (both predicting the same class), not preserved "
+                          "behaviour; read it with the band accuracies above.", "",
                           sig_table, ""]
                 claims += _claims(summary, sig, ds, arch)
                 for _, r in summary[(summary.dataset == ds) & (summary.arch == arch)].groupby(
