@@ -172,28 +172,26 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
     model = to_device(model, rt)
     step_model = torch.compile(model) if rt.compile else model
     g = torch.Generator().manual_seed(seed)
-    masks = {n: m.to(rt.device) for n, m in recipe.masks.items()} if recipe.masks is not None else None
+    masks = _to(recipe.masks, rt.device)
     start_round, start_epoch, history, snapshots = 0, 0, [], {}
     if ckpt.exists():
         state = io.load(ckpt, "checkpoint", keys=("key", "round", "epoch", "model", "optimizer", "rng"))
         _refuse_other_key(ckpt, state["key"], key)
         model.load_state_dict(state["model"])
-        masks = {n: m.to(rt.device) for n, m in state["masks"].items()} if state["masks"] is not None else None
+        masks = _to(state["masks"], rt.device)
         g.set_state(state["rng"]["data"])
         torch.set_rng_state(state["rng"]["torch"])
         start_round, start_epoch = state["round"], state["epoch"]
         history, snapshots = state["history"], state["snapshots"]
     else:
         state = None
-    weights = None if masks is None else _weights(model, masks)
     total_epochs = sum(r.epochs for r in recipe.rounds[:start_round]) + start_epoch
 
     for ri in range(start_round, len(recipe.rounds)):
         rnd = recipe.rounds[ri]
         resumed = state is not None and ri == start_round
         if not resumed and rnd.begin is not None:
-            masks = rnd.begin(model, masks)
-            masks = None if masks is None else {n: m.to(rt.device) for n, m in masks.items()}
+            masks = _to(rnd.begin(model, masks), rt.device)
         weights = None if masks is None else _weights(model, masks)
         if weights is not None:
             M.apply(weights, masks)
@@ -244,6 +242,10 @@ def checkpoint_run_id(ckpt: Path, key: str | None = None) -> str | None:
     if key is not None:
         _refuse_other_key(ckpt, state["key"], key)
     return state.get("run_id")
+
+
+def _to(masks: dict | None, device) -> dict | None:
+    return None if masks is None else {n: m.to(device) for n, m in masks.items()}
 
 
 def _weights(model: nn.Module, masks: dict) -> dict:
