@@ -67,20 +67,22 @@ def load_model(path, rt: T.Runtime | None = None):
     except RuntimeError as e:
         raise io.CorruptFile(f"{path}: weights do not fit {blob['arch']}: {str(e).splitlines()[0]}") from None
     if blob.get("masks") is not None:
-        try:
-            M.check_compatible(blob["masks"], models.prunable(net), path)
-        except ValueError as e:
-            raise io.CorruptFile(str(e)) from None
+        _check_mask(blob["masks"], net, path)
     return (T.to_device(net, rt) if rt else net), blob
 
 
 def load_mask(path, net) -> dict:
     blob = io.load(path, "mask", keys=("masks",))
+    _check_mask(blob["masks"], net, path)
+    return blob["masks"]
+
+
+def _check_mask(masks: dict, net, path) -> None:
+    """A mask made for another model is an input error naming the file (exit 3), not a stack trace."""
     try:
-        M.check_compatible(blob["masks"], models.prunable(net), path)
+        M.check_compatible(masks, models.prunable(net), path)
     except ValueError as e:
         raise io.CorruptFile(str(e)) from None
-    return blob["masks"]
 
 
 def _train(cfg, stage, recipe, net, data, rt, seed, key, run: Run):
