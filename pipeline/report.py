@@ -86,7 +86,7 @@ def main_table(summary: pd.DataFrame, ds: str, arch: str) -> str:
     lines.append(f"| dense | dense | {int(df[df.method == 'dense'].epochs.mean())} | "
                  + " | ".join(_fmt(dense.mean(), dense.std(), len(dense)) for _ in sparsities) + " |")
     for group in ("one-shot (equal budget)", "extra cost"):
-        for m in [m for m in df[df.group == group].method.unique()]:
+        for m in df[df.group == group].method.unique():
             sub = df[df.method == m]
             cells = []
             for s in sparsities:

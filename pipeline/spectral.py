@@ -55,10 +55,11 @@ def heatmap(model, data: Data, rt: Runtime, images: int, eps: float, batch: int,
     n = len(y)
     g = torch.Generator().manual_seed(seed)
     freqs = [(i, j) for i in range(-half, half) for j in range(-half, half)]
+    def pair(i, j):                            # one key for (i, j) and its conjugate (-i, -j)
+        return min((i % size, j % size), (-i % size, -j % size))
     canon = {}
     for i, j in freqs:
-        key = min((i % size, j % size), (-i % size, -j % size))
-        canon.setdefault(key, (i, j))
+        canon.setdefault(pair(i, j), (i, j))
     reps = list(canon.values())
     err = {}
     per = max(1, batch // n)                  # basis vectors per forward pass
@@ -69,10 +70,10 @@ def heatmap(model, data: Data, rt: Runtime, images: int, eps: float, batch: int,
         xp = (x[None] + eps * sign * u[:, None, None]).clamp(0, 1)                    # (K, n, 3, H, W)
         wrong = (_predict_float(model, data, xp, rt, batch) != y[None]).float().mean(1)
         for (i, j), e in zip(chunk, wrong.tolist()):
-            err[min((i % size, j % size), (-i % size, -j % size))] = e
+            err[pair(i, j)] = e
     out = torch.empty(size, size)
     for a, (i, j) in enumerate(freqs):
-        out[(i + half), (j + half)] = err[min((i % size, j % size), (-i % size, -j % size))]
+        out[(i + half), (j + half)] = err[pair(i, j)]
     return out                                 # out[i + 16, j + 16]: centred, frequency 0 at [16, 16]
 
 
