@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-smoke: $(STAMP)          ## the whole DAG on the smoke profile (synthetic data, CPU, minutes)
-	snakemake --cores all --configfile profiles/smoke.yaml
+smoke: $(STAMP)          ## the whole DAG on the smoke experiment (synthetic data, CPU, minutes)
+	snakemake --cores all --configfile configs/smoke.yaml
 
 reproduce: $(STAMP)      ## the paper's grid (needs internet for CIFAR and, in practice, a GPU)
 	snakemake --cores all

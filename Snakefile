@@ -1,7 +1,7 @@
 # Win the Lottery Ticket via Fourier Analysis (Shang et al., ICASSP 2022), as a DAG.
 #
 #   snakemake --cores all                                      the paper's grid (params.yaml)
-#   snakemake --cores all --configfile profiles/smoke.yaml     the whole DAG in minutes on a CPU
+#   snakemake --cores all --configfile configs/smoke.yaml     the whole DAG in minutes on a CPU
 #
 # Method: a dense network is trained (the teacher); magnitude-based pruning (MBP) of its weights gives the
 # pruned topology (the mask); the pruned network is retrained, by the paper with knowledge distillation from
@@ -15,8 +15,8 @@ configfile: "params.yaml"
 from pipeline.config import METHOD_PARAMS, validate    # torch-free: a no-op rerun stays fast
 
 CFG = validate(config)               # the whole config is checked before any job starts
-PROFILE = CFG.name
-RUNS = f"runs/{PROFILE}"
+EXPERIMENT = CFG.name
+RUNS = f"runs/{EXPERIMENT}"
 REPORT = CFG.report.dir
 G = CFG.grid
 DENSE = RUNS + "/dense/{dataset}/{arch}/seed{seed}"
@@ -49,7 +49,7 @@ rule prepare:
     params:
         cfg=lambda wc: section(f"datasets.{wc.dataset}", "data"),
     shell:
-        "python -m pipeline prepare --profile {PROFILE} --dataset {wildcards.dataset} --out {output.data}"
+        "python -m pipeline prepare --experiment {EXPERIMENT} --dataset {wildcards.dataset} --out {output.data}"
 
 
 rule train_dense:
@@ -63,7 +63,7 @@ rule train_dense:
     params:
         cfg=section("model", "train", "runtime"),
     shell:
-        "python -m pipeline train_dense --profile {PROFILE} --dataset {wildcards.dataset} --arch {wildcards.arch}"
+        "python -m pipeline train_dense --experiment {EXPERIMENT} --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --data {input.data} --out {output.model}"
 
 
@@ -77,7 +77,7 @@ rule prune:
     params:
         cfg=section("prune"),
     shell:
-        "python -m pipeline prune --profile {PROFILE} --dataset {wildcards.dataset} --arch {wildcards.arch}"
+        "python -m pipeline prune --experiment {EXPERIMENT} --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --sparsity {wildcards.sparsity} --dense {input.dense} --out {output.mask}"
 
 
@@ -94,7 +94,7 @@ rule retrain:
     params:
         cfg=lambda wc: section(*METHOD_PARAMS[wc.method]),
     shell:
-        "python -m pipeline retrain --profile {PROFILE} --dataset {wildcards.dataset} --arch {wildcards.arch}"
+        "python -m pipeline retrain --experiment {EXPERIMENT} --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --sparsity {wildcards.sparsity} --method {wildcards.method}"
         " --data {input.data} --dense {input.dense} --snapshots {input.snapshots} --mask {input.mask}"
         " --out {output.model}"
@@ -111,7 +111,7 @@ rule spectral_dense:
     params:
         cfg=section("spectral"),
     shell:
-        "python -m pipeline spectral --profile {PROFILE} --data {input.data} --model {input.model}"
+        "python -m pipeline spectral --experiment {EXPERIMENT} --data {input.data} --model {input.model}"
         " --out {output.json} --tag dataset={wildcards.dataset} --tag arch={wildcards.arch}"
         " --tag seed={wildcards.seed} --tag sparsity=0.0 --tag method=dense"
 
@@ -128,7 +128,7 @@ rule spectral_pruned:
     params:
         cfg=section("spectral"),
     shell:
-        "python -m pipeline spectral --profile {PROFILE} --data {input.data} --model {input.model}"
+        "python -m pipeline spectral --experiment {EXPERIMENT} --data {input.data} --model {input.model}"
         " --mask {input.mask} --teacher {input.model} --out {output.json} --tag dataset={wildcards.dataset}"
         " --tag arch={wildcards.arch} --tag seed={wildcards.seed} --tag sparsity={wildcards.sparsity}"
         " --tag method=pruned"
@@ -146,7 +146,7 @@ rule spectral:
     params:
         cfg=section("spectral"),
     shell:
-        "python -m pipeline spectral --profile {PROFILE} --data {input.data} --model {input.model}"
+        "python -m pipeline spectral --experiment {EXPERIMENT} --data {input.data} --model {input.model}"
         " --teacher {input.teacher} --out {output.json} --tag dataset={wildcards.dataset}"
         " --tag arch={wildcards.arch} --tag seed={wildcards.seed} --tag sparsity={wildcards.sparsity}"
         " --tag method={wildcards.method}"
@@ -171,4 +171,4 @@ rule report:
     params:
         cfg=section("report", "grid"),
     shell:
-        "python -m pipeline report --profile {PROFILE}"
+        "python -m pipeline report --experiment {EXPERIMENT}"

@@ -536,7 +536,7 @@ def dag_rows(sz: Sizes) -> list[Row]:
     smoke_done = (ROOT / "runs" / "smoke").is_dir() and (ROOT / "results" / "smoke" / "summary.csv").is_file()
     todo = "skipped: run make smoke first"
     rows = []
-    sm = ["snakemake", "--cores", "all", "--configfile", "profiles/smoke.yaml"]
+    sm = ["snakemake", "--cores", "all", "--configfile", "configs/smoke.yaml"]
     name = "no-op rerun: snakemake"
     if not sz.dag:
         rows.append(Row(name, None, "< 1 (5 s)", None, "skipped: --quick"))

@@ -1,4 +1,4 @@
-"""`python -m pipeline <stage> [--profile NAME] ...`: the entry points the Snakefile and dvc.yaml call.
+"""`python -m pipeline <stage> [--experiment NAME] ...`: the entry points the Snakefile and dvc.yaml call.
 
 Exit status: 0 done; 2 bad configuration or arguments (nothing computed); 3 a corrupt, foreign or missing
 input file (named in the message); 1 anything else.
@@ -19,14 +19,14 @@ def _parser() -> argparse.ArgumentParser:
 
     def stage(name, *args, help):
         s = sub.add_parser(name, help=help)
-        s.add_argument("--profile", default=None, help="profile name (profiles/<name>.yaml) or path; default: "
+        s.add_argument("--experiment", default=None, help="experiment name (configs/<name>.yaml) or path; default: "
                                                        "params.yaml alone (the paper)")
         for a in args:
             kind = {"--seed": int, "--sparsity": float}.get(a, str)
             s.add_argument(a, required=True, type=kind)
         return s
 
-    stage("validate", help="check params.yaml and the profile, then exit")
+    stage("validate", help="check params.yaml and the experiment, then exit")
     stage("prepare", "--dataset", "--out", help="one dataset into a checksummed train/val/test file")
     stage("train_dense", "--dataset", "--arch", "--seed", "--data", "--out", help="the dense network (teacher)")
     stage("prune", "--dataset", "--arch", "--seed", "--sparsity", "--dense", "--out",
@@ -38,17 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--mask", default=None, help="apply this mask first (the pruned topology, not retrained)")
     s.add_argument("--tag", action="append", default=[], help="KEY=VALUE for MLflow and the tables")
     stage("report", help="results/: summary.csv, spectral.csv, README.md with tables, plots and claims")
-    stage("export_dvc", help="print dvc.yaml derived from the Snakefile's jobs for this profile")
+    stage("export_dvc", help="print dvc.yaml derived from the Snakefile's jobs for this experiment")
     return p
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        cfg = load(args.profile)                 # the whole config is checked before anything else
-        kw = {k: v for k, v in vars(args).items() if k not in ("stage", "profile")}
+        cfg = load(args.experiment)                 # the whole config is checked before anything else
+        kw = {k: v for k, v in vars(args).items() if k not in ("stage", "experiment")}
         if args.stage == "validate":
-            print(f"ok: profile {cfg.name}")
+            print(f"ok: experiment {cfg.name}")
             return 0
         if args.stage == "report":
             from .report import report
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
             return 0
         if args.stage == "export_dvc":
             from .dag import export_dvc
-            sys.stdout.write(export_dvc(args.profile))
+            sys.stdout.write(export_dvc(args.experiment))
             return 0
         from . import stages
         if args.stage == "spectral":

@@ -1,4 +1,4 @@
-"""The configuration: params.yaml, overridden by a profile, parsed into typed dataclasses and checked.
+"""The configuration: params.yaml, overridden by an experiment, parsed into typed dataclasses and checked.
 
 One schema for everything. Every error names the key, the value and what is allowed, and is raised before
 any compute starts (the CLI calls `load` first thing, for every stage).
@@ -204,20 +204,20 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def profile_path(profile: str | None) -> Path | None:
-    if profile in (None, "", "paper"):
+def experiment_path(experiment: str | None) -> Path | None:
+    if experiment in (None, "", "paper"):
         return None
-    p = Path(profile)
-    return p if p.suffix in (".yaml", ".yml") else ROOT / "profiles" / f"{profile}.yaml"
+    p = Path(experiment)
+    return p if p.suffix in (".yaml", ".yml") else ROOT / "configs" / f"{experiment}.yaml"
 
 
-def load(profile: str | None = None, params: str | Path = ROOT / "params.yaml") -> Config:
+def load(experiment: str | None = None, params: str | Path = ROOT / "params.yaml") -> Config:
     raw = read_yaml(params)
-    if (p := profile_path(profile)) is not None:
+    if (p := experiment_path(experiment)) is not None:
         raw = merge(raw, read_yaml(p))
     cfg = validate(raw)
     if p is not None and cfg.name != p.stem:
-        raise ConfigError(f"name = {cfg.name!r} in {p}: must equal the profile's file name {p.stem!r} "
+        raise ConfigError(f"name = {cfg.name!r} in {p}: must equal the experiment's file name {p.stem!r} "
                           f"(outputs, MLflow experiment and the Snakefile all use it)")
     return cfg
 

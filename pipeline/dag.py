@@ -1,9 +1,9 @@
 """dvc.yaml, derived from the Snakefile: the DAG is defined once (in the Snakefile).
 
-Snakemake builds its job graph for a profile; every job becomes one DVC stage with the same command, the
+Snakemake builds its job graph for an experiment; every job becomes one DVC stage with the same command, the
 same inputs (deps) and outputs (outs), and the config keys its rule passes as `params` (so both tools rerun
 exactly the same jobs when a parameter changes). The report's figures and metrics are declared as DVC plots
-and metrics. `python -m pipeline export_dvc --profile smoke > dvc.yaml` regenerates it; a test checks that the
+and metrics. `python -m pipeline export_dvc --experiment smoke > dvc.yaml` regenerates it; a test checks that the
 committed dvc.yaml equals the export.
 """
 from __future__ import annotations
@@ -13,15 +13,15 @@ import io as _io
 
 import yaml
 
-from .config import ROOT, lookup, merge, profile_path, read_yaml
+from .config import ROOT, lookup, merge, experiment_path, read_yaml
 
 
-def snakemake_jobs(profile: str | None) -> list[dict]:
-    """Every job Snakemake plans for the profile (forced: all of them), as plain dicts."""
+def snakemake_jobs(experiment: str | None) -> list[dict]:
+    """Every job Snakemake plans for the experiment (forced: all of them), as plain dicts."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
 
-    p = profile_path(profile)
+    p = experiment_path(experiment)
     configfiles = [p] if p is not None else []
     jobs = []
     with contextlib.redirect_stdout(_io.StringIO()), contextlib.redirect_stderr(_io.StringIO()):
@@ -51,10 +51,10 @@ def _stage_name(job: dict) -> str:
     return "-".join(parts)
 
 
-def _param_keys(sections: list[str], profile: str | None) -> dict:
-    """DVC params per file: a section's keys come from params.yaml, or from the profile where it sets them."""
+def _param_keys(sections: list[str], experiment: str | None) -> dict:
+    """DVC params per file: a section's keys come from params.yaml, or from the experiment where it sets them."""
     base = read_yaml(ROOT / "params.yaml")
-    p = profile_path(profile)
+    p = experiment_path(experiment)
     over = read_yaml(p) if p is not None else {}
     merged = merge(base, over)
     by_file: dict[str, list[str]] = {}
@@ -74,11 +74,11 @@ def _param_keys(sections: list[str], profile: str | None) -> dict:
     return by_file
 
 
-def export_dvc(profile: str | None) -> str:
-    stages, jobs = {}, snakemake_jobs(profile)
+def export_dvc(experiment: str | None) -> str:
+    stages, jobs = {}, snakemake_jobs(experiment)
     for job in jobs:
         stage = {"cmd": job["cmd"], "deps": job["deps"] or None}
-        params = _param_keys(job["params"], profile)
+        params = _param_keys(job["params"], experiment)
         if params:
             stage["params"] = [{f: keys} for f, keys in sorted(params.items())]
         if job["rule"] == "report":
@@ -94,6 +94,6 @@ def export_dvc(profile: str | None) -> str:
     doc = {"stages": stages}
     if figures:
         doc["plots"] = [f"{figures[0]}/"]            # `dvc plots show` renders the report's figures
-    head = ("# GENERATED from the Snakefile by `python -m pipeline export_dvc --profile "
-            f"{profile or 'paper'}` -- do not edit by hand.\n# tests/test_dag.py checks it matches the Snakefile.\n")
+    head = ("# GENERATED from the Snakefile by `python -m pipeline export_dvc --experiment "
+            f"{experiment or 'paper'}` -- do not edit by hand.\n# tests/test_dag.py checks it matches the Snakefile.\n")
     return head + yaml.safe_dump(doc, sort_keys=False, width=120)

@@ -1,6 +1,6 @@
 """The model registry: CIFAR ResNets (He et al. 2016, option-A shortcuts) and VGG-16 with batch norm.
 
-`width` scales every channel count (1.0 = the published networks); the smoke profile uses tiny widths.
+`width` scales every channel count (1.0 = the published networks); the smoke experiment uses tiny widths.
 """
 from __future__ import annotations
 

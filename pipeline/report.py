@@ -253,8 +253,8 @@ def report(cfg: Config) -> None:
         io.write_text(out / "summary.csv", summary.to_csv(index=False))
         io.write_text(out / "spectral.csv", spec.to_csv(index=False))
         hardware = ", ".join(sorted(summary.hardware.unique()))
-        lines = [f"# Report: profile `{cfg.name}`", "",
-                 f"- Profile: `{cfg.name}` (params.yaml" + ("" if cfg.name == "paper" else f" + profiles/{cfg.name}.yaml")
+        lines = [f"# Report: experiment `{cfg.name}`", "",
+                 f"- Experiment: `{cfg.name}` (params.yaml" + ("" if cfg.name == "paper" else f" + configs/{cfg.name}.yaml")
                  + ")", f"- Data: {_describe_data(cfg)}", f"- Hardware: {hardware}",
                  f"- Seeds: {cfg.grid.seeds}; sparsities: {cfg.grid.sparsities}; methods: {', '.join(cfg.grid.methods)}",
                  f"- Written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC from commit {_short(git_commit())} "
@@ -262,10 +262,10 @@ def report(cfg: Config) -> None:
                  "- Model selection: the last epoch of each schedule (no test-set selection); validation accuracy "
                  "is in summary.csv. Test set read once per model.", ""]
         if cfg.name == "smoke":
-            lines += ["> Smoke profile: tiny models, synthetic data, 2 epochs. These numbers test the plumbing, "
+            lines += ["> Smoke experiment: tiny models, synthetic data, 2 epochs. These numbers test the plumbing, "
                       "not the paper.", ""]
         elif cfg.name != "paper":
-            lines += [f"> Not the paper's recipe (profiles/{cfg.name}.yaml): {cfg.train.epochs} dense epochs, "
+            lines += [f"> Not the paper's recipe (configs/{cfg.name}.yaml): {cfg.train.epochs} dense epochs, "
                       f"{cfg.retrain.epochs} retraining epochs, model width x{cfg.model.width}. The verdicts "
                       "below hold for this reduced regime only.", ""]
         metrics, claims = {}, []

@@ -2,7 +2,7 @@
 
 Every stage: validate the whole config and its own arguments BEFORE any compute, check its input files,
 open one MLflow run, compute, write its declared outputs atomically, close the run. Training stages
-checkpoint every epoch under runs/<profile>/checkpoints/ (never a declared output) and resume from there.
+checkpoint every epoch under runs/<experiment>/checkpoints/ (never a declared output) and resume from there.
 """
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, extra_files=None, extr
         metrics["test_agreement"] = (T.predict(net, dd, dd.test_x, rt) ==
                                      T.predict(agreement_with, dd, dd.test_x, rt)).float().mean().item()
     metrics["hardware"] = hardware()
-    metrics["profile"] = cfg.name
+    metrics["experiment"] = cfg.name
     for name, obj in (extra_files or {}).items():
         io.save(obj, _sibling(out, name))
     io.write_json(_sibling(out, "metrics.json"), metrics)
@@ -213,7 +213,7 @@ def spectral(cfg: Config, data: str, model: str, out: str, teacher: str | None =
             M.apply(models.prunable(net), {n: m.to(rt.device) for n, m in masks.items()})
         ref = load_model(teacher, rt)[0] if teacher else None
         res = S.evaluate(net, dd, rt, cfg.spectral, teacher=ref)
-        res.update({k: str(v) for k, v in (tags or {}).items()}, profile=cfg.name, hardware=hardware())
+        res.update({k: str(v) for k, v in (tags or {}).items()}, experiment=cfg.name, hardware=hardware())
         heat = res.pop("heatmap")
         io.save({"kind": "heatmap", "heatmap": heat}, _sibling(out, Path(out).stem + "_heatmap.pt"))
         io.write_json(out, res)

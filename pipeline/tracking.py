@@ -62,7 +62,7 @@ class Run:
         self.run_id = run_id
         self._call(self._start, stage, tags, params, run_id, cfg.name)
 
-    def _start(self, stage, tags, params, run_id, profile):
+    def _start(self, stage, tags, params, run_id, experiment):
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
             # Artifacts beside a SQLite store (tests and users moving the store move them too).
@@ -74,7 +74,7 @@ class Run:
         if run_id is not None and self._exists(run_id):
             self.client.update_run(run_id, status="RUNNING")   # a resumed job continues its own run
         else:                                                  # (a new run if that store was deleted)
-            tags = {"stage": stage, "git_commit": git_commit(), "profile": profile,
+            tags = {"stage": stage, "git_commit": git_commit(), "experiment": experiment,
                     **{k: str(v) for k, v in tags.items()}}
             name = "-".join(str(tags[k]) for k in ("stage", "dataset", "arch", "method", "sparsity", "seed")
                             if k in tags)

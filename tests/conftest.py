@@ -1,4 +1,4 @@
-"""Shared test helpers: tiny profiles written to a temp folder, stages run as subprocesses (as the DAG
+"""Shared test helpers: tiny experiments written to a temp folder, stages run as subprocesses (as the DAG
 tools run them), MLflow and checkpoints redirected into the temp folder."""
 from __future__ import annotations
 
@@ -13,21 +13,21 @@ import yaml
 
 from pipeline.config import ROOT, merge, read_yaml
 
-SMOKE = ROOT / "profiles" / "smoke.yaml"
+SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny tensors on a 2-core machine: torch's thread pool only contends (up to 10x slower); restored after.
-    Subprocess stages set their own threads from the profile."""
+    Subprocess stages set their own threads from the experiment."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
 
 
-def write_profile(folder: Path, name: str = "t", **overrides) -> Path:
-    """A profile file `folder/<name>.yaml`: the smoke profile with `overrides` merged in (dicts by key)."""
+def write_experiment(folder: Path, name: str = "t", **overrides) -> Path:
+    """An experiment file `folder/<name>.yaml`: the smoke experiment with `overrides` merged in (dicts by key)."""
     raw = merge(read_yaml(SMOKE), {"name": name, **overrides})
     path = Path(folder) / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -1,7 +1,7 @@
 """Bad configurations fail fast, each as its own `python -m pipeline` subprocess exactly as Snakemake / DVC
 run a stage: exit status 2, the offending key named on stderr, no traceback, nothing computed or written
 (no checkpoint folder, no output, not even an MLflow store). Also bad wildcards on a direct call, and the
-positive side: params.yaml and every shipped profile validate.
+positive side: params.yaml and every shipped experiment validate.
 
 Cost: a config error exits before torch is imported (~0.2 s); the cases still run two at a time.
 """
@@ -17,7 +17,7 @@ import pytest
 from pipeline import config as C
 from pipeline.config import ROOT
 
-from .conftest import run_stage, write_profile
+from .conftest import run_stage, write_experiment
 
 FAST = 60.0     # seconds: generous on a shared 2-core machine; even one training epoch would show up
 
@@ -55,7 +55,7 @@ def _folder(classes, train=("a", "b", "c"), test=None, **extra):
     return make
 
 
-# id -> (tmp -> overrides merged into the smoke profile, the key stderr must name)
+# id -> (tmp -> overrides merged into the smoke experiment, the key stderr must name)
 CASES = {
     "grid-unknown-dataset": (_const({"grid": {"datasets": ["cifar11"]}}), "grid.datasets"),
     "grid-unknown-arch": (_const({"grid": {"archs": ["resnet18"]}}), "grid.archs"),
@@ -99,9 +99,9 @@ AS_VALIDATE = ("grid-unknown-dataset", "grid-unknown-method", "unknown-source", 
 THROUGH_TRAIN = ("grid-unknown-arch", "distill-alpha-1.5", "typo-top-level-trian")
 
 
-def _profile_args(case):
+def _experiment_args(case):
     make, _ = CASES[case]
-    return lambda tmp: ["--profile", write_profile(tmp, name="t", **make(tmp))]
+    return lambda tmp: ["--experiment", write_experiment(tmp, name="t", **make(tmp))]
 
 
 def _dense_args(tmp: Path) -> list:
@@ -110,12 +110,12 @@ def _dense_args(tmp: Path) -> list:
 
 
 def _name_mismatch(tmp: Path) -> list:
-    other = write_profile(tmp, name="t").rename(tmp / "other.yaml")     # name: t, in other.yaml
-    return ["--profile", other, *_dense_args(tmp)]
+    other = write_experiment(tmp, name="t").rename(tmp / "other.yaml")     # name: t, in other.yaml
+    return ["--experiment", other, *_dense_args(tmp)]
 
 
 def _direct_call(stage, **given):
-    """A direct call (no Snakemake wildcard constraint in between) with one bad wildcard, a valid profile."""
+    """A direct call (no Snakemake wildcard constraint in between) with one bad wildcard, a valid experiment."""
     def build(tmp: Path) -> list:
         defaults = {"dataset": "synthetic", "arch": "resnet20", "seed": 0, "sparsity": 0.9, "method": "finetune",
                     "data": tmp / "data.pt", "dense": tmp / "dense.pt", "snapshots": tmp / "snapshots.pt",
@@ -124,16 +124,16 @@ def _direct_call(stage, **given):
                   "prune": ["dataset", "arch", "seed", "sparsity", "dense", "out"],
                   "retrain": ["dataset", "arch", "seed", "sparsity", "method", "data", "dense", "snapshots",
                               "mask", "out"]}[stage]
-        return ["--profile", write_profile(tmp, name="t"),
+        return ["--experiment", write_experiment(tmp, name="t"),
                 *[x for a in wanted for x in (f"--{a}", given.get(a, defaults[a]))]]
     return build
 
 
 # (test id, stage, tmp -> the arguments after the stage, text stderr must hold: the offending key)
-BAD = [(f"{c}-validate", "validate", _profile_args(c), CASES[c][1]) for c in AS_VALIDATE] + [
-    (f"{c}-train_dense", "train_dense", lambda tmp, c=c: _profile_args(c)(tmp) + _dense_args(tmp), CASES[c][1])
+BAD = [(f"{c}-validate", "validate", _experiment_args(c), CASES[c][1]) for c in AS_VALIDATE] + [
+    (f"{c}-train_dense", "train_dense", lambda tmp, c=c: _experiment_args(c)(tmp) + _dense_args(tmp), CASES[c][1])
     for c in THROUGH_TRAIN] + [
-    ("profile-name-differs-from-file-name", "train_dense", _name_mismatch, "name = 't'"),
+    ("experiment-name-differs-from-file-name", "train_dense", _name_mismatch, "name = 't'"),
     ("direct-prune-sparsity-1.5", "prune", _direct_call("prune", sparsity=1.5), "sparsity = 1.5"),
     ("direct-retrain-unknown-method", "retrain", _direct_call("retrain", method="magic"), "method = 'magic'"),
 ]
@@ -172,28 +172,28 @@ def test_bad_config_is_refused(tid, key, refusals):
     assert not (tmp / "runs").exists(), sorted((tmp / "runs").rglob("*"))
     assert not (tmp / "out").exists(), sorted((tmp / "out").rglob("*"))
     assert not (tmp / "mlruns.db").exists()
-    if tid == "profile-name-differs-from-file-name":
+    if tid == "experiment-name-differs-from-file-name":
         assert "'other'" in proc.stderr
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_config_in_process(case, tmp_path):
-    """Every case through config.load: a ConfigError naming the key; and the same profile without the bad
+    """Every case through config.load: a ConfigError naming the key; and the same experiment without the bad
     override loads (so the refusal is for that key and nothing else)."""
     make, key = CASES[case]
     with pytest.raises(C.ConfigError) as e:
-        C.load(str(write_profile(tmp_path, name="t", **make(tmp_path))))
+        C.load(str(write_experiment(tmp_path, name="t", **make(tmp_path))))
     assert key in str(e.value)
     good = _folder(classes=3)(tmp_path / "ok") if case.startswith("imagefolder") else {}
-    C.load(str(write_profile(tmp_path, name="t", **good)))
+    C.load(str(write_experiment(tmp_path, name="t", **good)))
 
 
 # ------------------------------------------------------------------------------------------- positive
 
-PROFILES = sorted((ROOT / "profiles").glob("*.yaml"))
+EXPERIMENTS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", [None, *PROFILES], ids=["params.yaml", *(p.stem for p in PROFILES)])
+@pytest.mark.parametrize("path", [None, *EXPERIMENTS], ids=["params.yaml", *(p.stem for p in EXPERIMENTS)])
 def test_shipped_configs_validate(path, monkeypatch):
     if path is not None and path.stem == "cifar10_jpeg":
         folder = cifar10_jpeg_dir()

@@ -18,7 +18,7 @@ import torch
 from pipeline import config as C, data as D, io, masks as M, models, train as T
 from pipeline.config import digest
 
-from .conftest import run_stage, write_profile
+from .conftest import run_stage, write_experiment
 
 SEED = 0
 
@@ -37,18 +37,18 @@ def _ok(proc):
 def real(tmp_path_factory):
     """Real inputs from the stages: data.pt (+ .json), dense/model.pt (+ snapshots.pt), prune/mask.pt."""
     tmp = tmp_path_factory.mktemp("real")
-    profile = write_profile(tmp, name="t", datasets={"synthetic": {
+    experiment = write_experiment(tmp, name="t", datasets={"synthetic": {
         "source": "synthetic", "classes": 10, "train_size": 160, "val_size": 32, "test_size": 32}},
         train={"epochs": 1})
     env = _env(tmp)
-    f = {"profile": profile, "data": tmp / "data.pt", "dense": tmp / "dense" / "model.pt",
+    f = {"experiment": experiment, "data": tmp / "data.pt", "dense": tmp / "dense" / "model.pt",
          "snapshots": tmp / "dense" / "snapshots.pt", "mask": tmp / "prune" / "mask.pt"}
-    _ok(run_stage("prepare", "--profile", profile, "--dataset", "synthetic", "--out", f["data"], env=env))
-    _ok(run_stage("train_dense", "--profile", profile, "--dataset", "synthetic", "--arch", "resnet20",
+    _ok(run_stage("prepare", "--experiment", experiment, "--dataset", "synthetic", "--out", f["data"], env=env))
+    _ok(run_stage("train_dense", "--experiment", experiment, "--dataset", "synthetic", "--arch", "resnet20",
                   "--seed", SEED, "--data", f["data"], "--out", f["dense"], env=env))
-    _ok(run_stage("prune", "--profile", profile, "--dataset", "synthetic", "--arch", "resnet20", "--seed", SEED,
+    _ok(run_stage("prune", "--experiment", experiment, "--dataset", "synthetic", "--arch", "resnet20", "--seed", SEED,
                   "--sparsity", 0.9, "--dense", f["dense"], "--out", f["mask"], env=env))
-    f["cfg"] = C.load(str(profile))
+    f["cfg"] = C.load(str(experiment))
     f["store"] = tmp / "mlruns.db"      # cases share it: a fresh store costs ~3 s of CPU to create
     return f
 
@@ -79,12 +79,12 @@ def _vgg_mask(path: Path) -> Path:
 
 
 def _dense_args(real, tmp, data=None):
-    return ["train_dense", "--profile", real["profile"], "--dataset", "synthetic", "--arch", "resnet20",
+    return ["train_dense", "--experiment", real["experiment"], "--dataset", "synthetic", "--arch", "resnet20",
             "--seed", SEED, "--data", data or real["data"], "--out", tmp / "out" / "model.pt"]
 
 
 def _prune_args(real, tmp, dense):
-    return ["prune", "--profile", real["profile"], "--dataset", "synthetic", "--arch", "resnet20", "--seed", SEED,
+    return ["prune", "--experiment", real["experiment"], "--dataset", "synthetic", "--arch", "resnet20", "--seed", SEED,
             "--sparsity", 0.9, "--dense", dense, "--out", tmp / "out" / "mask.pt"]
 
 
@@ -94,7 +94,7 @@ def _model_args(real, tmp, dense):
 
 
 def _retrain_args(real, tmp, mask=None, dense=None):
-    return ["retrain", "--profile", real["profile"], "--dataset", "synthetic", "--arch", "resnet20",
+    return ["retrain", "--experiment", real["experiment"], "--dataset", "synthetic", "--arch", "resnet20",
             "--seed", SEED, "--sparsity", 0.9, "--method", "finetune", "--data", real["data"],
             "--dense", dense or real["dense"], "--snapshots", real["snapshots"], "--mask", mask or real["mask"],
             "--out", tmp / "out" / "model.pt"]
@@ -173,9 +173,9 @@ def case_unreadable_image(real, tmp):
                 Image.new("RGB", (32, 32), (100 * (c == "a"), 7 * i, 50)).save(d / f"{i}.png")
     bad = tmp / "tree" / "train" / "b" / "1.png"
     _truncate(bad, bad, keep=0.3)
-    profile = write_profile(tmp, name="t", datasets={"folder": {
+    experiment = write_experiment(tmp, name="t", datasets={"folder": {
         "source": "imagefolder", "classes": 2, "path": str(tmp / "tree"), "val_size": 1}})
-    return ["prepare", "--profile", profile, "--dataset", "folder", "--out", tmp / "out" / "folder.pt"], bad, \
+    return ["prepare", "--experiment", experiment, "--dataset", "folder", "--out", tmp / "out" / "folder.pt"], bad, \
         "not a readable image"
 
 

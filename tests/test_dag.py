@@ -12,7 +12,7 @@ from pipeline.dag import export_dvc, snakemake_jobs
 
 def test_committed_dvc_yaml_is_the_snakefile_export():
     committed = (ROOT / "dvc.yaml").read_text()
-    assert committed == export_dvc("smoke"), "dvc.yaml is stale: python -m pipeline export_dvc --profile smoke > dvc.yaml"
+    assert committed == export_dvc("smoke"), "dvc.yaml is stale: python -m pipeline export_dvc --experiment smoke > dvc.yaml"
 
 
 def test_dvc_stages_match_snakemake_jobs_one_to_one():

@@ -27,7 +27,7 @@ import torch
 from pipeline import data as D, frequency as fq, io
 from pipeline.config import ROOT, ConfigError, merge, read_yaml, validate
 
-from .conftest import run_stage, write_profile
+from .conftest import run_stage, write_experiment
 
 
 def make_cfg(datasets: dict, root: Path):
@@ -328,7 +328,7 @@ def test_short_dense_run_on_cifar10_jpeg(tmp_path, env):
     if not (folder / "train").is_dir() or not (folder / "test").is_dir():
         pytest.skip(f"CIFAR-10 JPEG copy not found at {folder} (set CIFAR10_JPEG_DIR to the folder holding "
                     f"train/<class>/ and test/<class>/)")
-    profile = write_profile(tmp_path, name="jpeg", datasets={"cifar10_jpeg": {
+    experiment = write_experiment(tmp_path, name="jpeg", datasets={"cifar10_jpeg": {
         "source": "imagefolder", "path": str(folder), "classes": 10,
         "train_size": 8000, "val_size": 500, "test_size": 1000}},
         grid={"datasets": ["cifar10_jpeg"]}, model={"width": 0.5},
@@ -338,10 +338,10 @@ def test_short_dense_run_on_cifar10_jpeg(tmp_path, env):
     env = {**env, "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE")}
     data, model = tmp_path / "data.pt", tmp_path / "dense" / "model.pt"
     t0 = time.time()
-    p = run_stage("prepare", "--profile", profile, "--dataset", "cifar10_jpeg", "--out", data, env=env)
+    p = run_stage("prepare", "--experiment", experiment, "--dataset", "cifar10_jpeg", "--out", data, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     t1 = time.time()
-    p = run_stage("train_dense", "--profile", profile, "--dataset", "cifar10_jpeg", "--arch", "resnet20",
+    p = run_stage("train_dense", "--experiment", experiment, "--dataset", "cifar10_jpeg", "--arch", "resnet20",
                   "--seed", 0, "--data", data, "--out", model, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     t2 = time.time()

@@ -35,11 +35,11 @@ def smoke(tmp_path_factory):
     repo.mkdir()
     for f in ("Snakefile", "params.yaml", "dvc.yaml"):
         shutil.copy(ROOT / f, repo / f)
-    for d in ("pipeline", "profiles"):
+    for d in ("pipeline", "configs"):
         shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_RUNS")}
     env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(repo))   # the copy's package, not the checkout's
-    r = sh("snakemake --cores 2 --configfile profiles/smoke.yaml", repo, env)
+    r = sh("snakemake --cores 2 --configfile configs/smoke.yaml", repo, env)
     return repo, env, r
 
 
@@ -68,7 +68,7 @@ def test_every_output_exists_and_parses(smoke):
     assert len(spec) == (len(rows) + 1) * 2 * 8          # every model + the pruned topology, 2 bands, 8 radii
     readme = (out / "README.md").read_text()
     for section in ("### Test accuracy", "### Paired differences", "### Band-limited accuracy",
-                    "### Spectral signature of pruning", "## Claims", "Hardware:", "Profile: `smoke`"):
+                    "### Spectral signature of pruning", "## Claims", "Hardware:", "Experiment: `smoke`"):
         assert section in readme
     for png in re.findall(r"\(figures/([^)]+\.png)\)", readme):
         assert (out / "figures" / png).stat().st_size > 1000
@@ -82,7 +82,7 @@ def test_mlflow_has_one_finished_run_per_job(smoke):
     client = MlflowClient(f"sqlite:///{repo / 'mlruns.db'}")
     exp = client.get_experiment_by_name("smoke")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    assert len(runs) == _jobs(repo / "profiles" / "smoke.yaml")
+    assert len(runs) == _jobs(repo / "configs" / "smoke.yaml")
     assert {r.info.status for r in runs} == {"FINISHED"}
     stages = [r.data.tags["stage"] for r in runs]
     assert stages.count("retrain") == 11 and stages.count("report") == 1
@@ -95,7 +95,7 @@ def test_mlflow_has_one_finished_run_per_job(smoke):
 
 def test_snakemake_rerun_does_nothing(smoke):
     repo, env, _ = smoke
-    r = sh("snakemake -n --cores 2 --configfile profiles/smoke.yaml", repo, env)
+    r = sh("snakemake -n --cores 2 --configfile configs/smoke.yaml", repo, env)
     assert "Nothing to be done" in r.stdout + r.stderr
 
 
@@ -114,7 +114,7 @@ def test_dvc_runs_the_same_dag_and_reruns_only_what_changed(smoke):
     changed = {s for s in status if s.startswith("retrain-")}
     assert {s.rsplit("-", 1)[1] for s in changed} == DISTILL
     assert not {s for s in status if not s.startswith("retrain-")}, status
-    plan = sh("snakemake -n --cores 2 --configfile profiles/smoke.yaml", repo, env).stdout
+    plan = sh("snakemake -n --cores 2 --configfile configs/smoke.yaml", repo, env).stdout
     planned = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.split("Job stats:")[1], re.M))
     assert planned == {"retrain": "4", "spectral": "4", "report": "1", "total": "10", "all": "1"}, plan[-1500:]
     r = sh("dvc repro", repo, env)
@@ -126,6 +126,6 @@ def test_dvc_runs_the_same_dag_and_reruns_only_what_changed(smoke):
 
 def test_snakemake_html_report(smoke):
     repo, env, _ = smoke
-    sh("snakemake --report report.html --configfile profiles/smoke.yaml", repo, env)
+    sh("snakemake --report report.html --configfile configs/smoke.yaml", repo, env)
     html = (repo / "report.html").read_text(errors="ignore")
     assert "accuracy_vs_sparsity" in html

@@ -23,7 +23,7 @@ from pipeline import data as D, io, masks as M, models
 from pipeline.config import ROOT, load
 from pipeline.stages import load_model
 
-from .conftest import run_stage, write_profile
+from .conftest import run_stage, write_experiment
 
 NAME = "resume"
 DENSE_EPOCHS = 5
@@ -32,7 +32,7 @@ IMP_ROUNDS, IMP_EPOCHS = 2, 2
 # or more seconds before the end, even on a loaded machine (slower epochs only widen that window). Each
 # `python -m pipeline` start costs ~8 s of CPU (torch, mlflow, the store's schema check): the dataset and
 # the mask are made in this process, so that only the training jobs are started as subprocesses.
-PROFILE = dict(
+EXPERIMENT = dict(
     datasets={"synthetic": {"source": "synthetic", "classes": 10, "train_size": 448, "val_size": 64,
                             "test_size": 64}},
     model={"width": 0.25},
@@ -80,21 +80,21 @@ class Job:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """The profile, the prepared dataset and the uninterrupted dense job (store A)."""
+    """The experiment, the prepared dataset and the uninterrupted dense job (store A)."""
     root = tmp_path_factory.mktemp("resume")
-    profile = write_profile(root, name=NAME, **PROFILE)
+    experiment = write_experiment(root, name=NAME, **EXPERIMENT)
     empty = root / "empty" / "mlruns.db"
     empty.parent.mkdir()
     _client(f"sqlite:///{empty}")                              # creates the schema
     env = _env(root / "A", empty)
     data = root / "data" / "synthetic.pt"
-    D.prepare(load(str(profile)), "synthetic", data)         # what the prepare stage writes
+    D.prepare(load(str(experiment)), "synthetic", data)         # what the prepare stage writes
 
     def dense(out):
-        return Job("train_dense", out, profile=profile, dataset="synthetic", arch="resnet20", seed=0, data=data)
+        return Job("train_dense", out, experiment=experiment, dataset="synthetic", arch="resnet20", seed=0, data=data)
     ref = dense(root / "A" / "dense" / "model.pt")
     ref.run(env)
-    return {"root": root, "profile": profile, "data": data, "dense": dense, "ref": ref, "env": env,
+    return {"root": root, "experiment": experiment, "data": data, "dense": dense, "ref": ref, "env": env,
             "empty": empty}
 
 
@@ -108,7 +108,7 @@ def imp_base(base):
              "masks": M.global_magnitude(models.prunable(net), SPARSITY)}, mask)
 
     def imp(out):
-        return Job("retrain", out, profile=b["profile"], dataset="synthetic", arch="resnet20", seed=0,
+        return Job("retrain", out, experiment=b["experiment"], dataset="synthetic", arch="resnet20", seed=0,
                    sparsity=SPARSITY, method="imp", data=b["data"], dense=b["ref"].out,
                    snapshots=b["ref"].out.with_name("snapshots.pt"), mask=mask)
     ref = imp(b["root"] / "A" / "imp" / "model.pt")
@@ -189,7 +189,7 @@ def _client(uri: str):
 def _runs(env, stage):
     client = _client(env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name(NAME)
-    assert exp is not None, "no experiment named after the profile"
+    assert exp is not None, "no experiment named after the experiment"
     return client, client.search_runs([exp.experiment_id], f"tags.stage = '{stage}'", max_results=100)
 
 

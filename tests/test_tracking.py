@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.config import ROOT, load
 
-from .conftest import write_profile
+from .conftest import write_experiment
 
 WORKERS = 8
 STEPS = 30
@@ -32,8 +32,8 @@ LAUNCHER = textwrap.dedent("""
     from pipeline.config import load
     from pipeline.tracking import Run
 
-    profile, workers, steps, folder = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
-    cfg = load(profile)
+    experiment, workers, steps, folder = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+    cfg = load(experiment)
 
     def job(i, barrier, ids):
         try:
@@ -69,8 +69,8 @@ def _client(env):
 
 
 def test_parallel_runs_share_one_sqlite_store(tmp_path, env):
-    profile = write_profile(tmp_path, name="conc")
-    p = subprocess.run([sys.executable, "-c", LAUNCHER, str(profile), str(WORKERS), str(STEPS), str(tmp_path)],
+    experiment = write_experiment(tmp_path, name="conc")
+    p = subprocess.run([sys.executable, "-c", LAUNCHER, str(experiment), str(WORKERS), str(STEPS), str(tmp_path)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert "database is locked" not in p.stderr.lower(), p.stderr[-4000:]
     assert p.returncode == 0, p.stderr[-4000:]
@@ -83,7 +83,7 @@ def test_parallel_runs_share_one_sqlite_store(tmp_path, env):
 
     client = _client(env)
     exp = client.get_experiment_by_name("conc")
-    assert exp is not None, "the experiment named after the profile is missing"
+    assert exp is not None, "the experiment named after the experiment is missing"
     runs = client.search_runs([exp.experiment_id], "tags.stage = 'stress'", max_results=1000)
     assert len(runs) == WORKERS, f"expected {WORKERS} runs, found {len(runs)}"
     by_id = {r.info.run_id: r for r in runs}
@@ -91,7 +91,7 @@ def test_parallel_runs_share_one_sqlite_store(tmp_path, env):
         r = by_id[rid]
         assert r.info.status == "FINISHED", (i, r.info.status)
         assert r.data.tags["worker"] == str(i) and r.data.tags["done"] == "yes"
-        assert r.data.tags["profile"] == "conc" and "git_commit" in r.data.tags
+        assert r.data.tags["experiment"] == "conc" and "git_commit" in r.data.tags
         assert r.data.params["train.epochs"] == str(STEPS) and r.data.params["i"] == str(i)
         for name, value in (("loss", lambda s: 1.0 / (s + i)), ("step_id", lambda s: float(s * 100 + i))):
             hist = client.get_metric_history(rid, name)
@@ -102,7 +102,7 @@ def test_parallel_runs_share_one_sqlite_store(tmp_path, env):
 
 def test_exception_marks_run_failed_with_error_tag(tmp_path, env):
     from pipeline.tracking import Run
-    cfg = load(str(write_profile(tmp_path, name="fails")))
+    cfg = load(str(write_experiment(tmp_path, name="fails")))
     with pytest.raises(ValueError, match="boom at epoch 3"):
         with Run(cfg, "train_dense", {"dataset": "synthetic", "seed": 0}, {"train": {"epochs": 3}}) as run:
             run.log_metrics({"loss": 1.5}, 1)
@@ -124,7 +124,7 @@ def test_exception_marks_run_failed_with_error_tag(tmp_path, env):
 def test_resumed_run_continues_the_same_run(tmp_path, env):
     """A resumed job (run id from its checkpoint) reopens its own run: RUNNING again, then FINISHED, one run."""
     from pipeline.tracking import Run
-    cfg = load(str(write_profile(tmp_path, name="resume")))
+    cfg = load(str(write_experiment(tmp_path, name="resume")))
     first = Run(cfg, "train_dense", {"seed": 0}, {"x": 1})
     first.log_metrics({"val_acc": 0.25}, 1)            # then the job is killed: the run stays RUNNING
     client = _client(env)
