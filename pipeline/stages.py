@@ -152,9 +152,10 @@ def retrain(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, me
     teacher, _ = load_model(dense)
     base_mask = load_mask(mask, teacher)
     snaps = io.load(snapshots, "snapshots", keys=("snapshots",))["snapshots"]
-    if method == "lth" and cfg.lth.rewind_epoch not in snaps:
-        raise io.CorruptFile(f"{snapshots}: no weights saved at epoch {cfg.lth.rewind_epoch} "
-                             f"(lth.rewind_epoch); add it to train.save_epochs and rerun train_dense")
+    k = MT.rewind_epoch(cfg, method)
+    if k is not None and k not in snaps:
+        raise io.CorruptFile(f"{snapshots}: no weights saved at epoch {k} (the rewind epoch of {method}); "
+                             f"add it to train.save_epochs and rerun train_dense")
     params = cfg.section(*METHOD_PARAMS[method])
     key = digest({"stage": "retrain", "dataset": dataset, "arch": arch, "seed": seed, "sparsity": sparsity,
                   "method": method, "data": blob["sha256"], "dense": io.sha256(dense), **params})
