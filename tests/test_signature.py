@@ -6,18 +6,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pipeline import data as D, masks as M, models, signature as SG, spectral as S, train as T
+from pipeline import masks as M, models, signature as SG, spectral as S, train as T
 from pipeline.config import SpectralCfg
 
+from .test_spectral import data  # noqa: F401  (the fixture: 32 training images, 32 test images)
+
 RT = T.Runtime(torch.device("cpu"), amp=False, channels_last=False, compile=False)
-
-
-@pytest.fixture(scope="module")
-def data() -> T.Data:
-    tx, ty = D.synthetic(4, 48, seed=1)
-    ex, ey = D.synthetic(4, 24, seed=2)
-    return T.Data({"train_x": tx[:40], "train_y": ty[:40], "val_x": tx[40:], "val_y": ty[40:],
-                   "test_x": ex, "test_y": ey, "classes": ["a", "b", "c", "d"]}, "cpu")
 
 
 def tiny():
@@ -31,16 +25,16 @@ def tiny():
 def test_recalibration_sets_running_stats_to_the_batches_mean_and_variance(data):
     net = tiny()
     params = {k: v.clone() for k, v in net.named_parameters()}
-    used = SG.recalibrate_bn(net, data, RT, batches=2, batch_size=16)
-    assert used == 32 and not net.training
+    used = SG.recalibrate_bn(net, data, RT, batches=2, batch_size=12)
+    assert used == 24 and not net.training
     assert all(torch.equal(p, params[k]) for k, p in net.named_parameters())       # no weight changes
     assert net[1].momentum == 0.1                                                    # restored
-    # by hand: the 32 images of a fixed permutation, in 2 batches of 16; running mean = mean of the two
-    # batch means (= the mean over all 32), running var = mean of the two unbiased batch variances
-    order = torch.randperm(40, generator=torch.Generator().manual_seed(0))[:32]
+    # by hand: the first 24 images of a fixed permutation, in 2 batches of 12; running mean / var =
+    # the average of the batch means / unbiased batch variances
+    order = torch.randperm(32, generator=torch.Generator().manual_seed(0))[:24]
     with torch.no_grad():
-        z = net[0](data.normalize(data.train_x[order].float() / 255))             # (32, 2, 32, 32)
-    batches = z.split(16)
+        z = net[0](data.normalize(data.train_x[order].float() / 255))             # (24, 2, 32, 32)
+    batches = z.split(12)
     mean = torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0)
     var = torch.stack([b.transpose(0, 1).flatten(1).var(1, unbiased=True) for b in batches]).mean(0)
     assert torch.allclose(net[1].running_mean, mean, atol=1e-6)
@@ -49,7 +43,7 @@ def test_recalibration_sets_running_stats_to_the_batches_mean_and_variance(data)
 
 
 def test_recalibration_uses_at_most_the_training_set(data):
-    assert SG.recalibrate_bn(tiny(), data, RT, batches=10, batch_size=16) == 40
+    assert SG.recalibrate_bn(tiny(), data, RT, batches=10, batch_size=16) == 32
 
 
 def test_every_topology_variant(data):
