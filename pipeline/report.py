@@ -64,7 +64,7 @@ def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                     for i, r in enumerate(v["radii"]):
                         spec.append({**k, "band": band, "radius": r, "filter": v["filter"],
                                      "acc": v[f"{band}_acc"][i], "agree": v.get(f"{band}_agree", [None] * 99)[i],
-                                     "heatmap_seconds": sj["heatmap_seconds"]})
+                                     "heatmap_seconds": v.get("heatmap_seconds")})   # variants: no heat map
     return pd.DataFrame(rows), pd.DataFrame(spec)
 
 
