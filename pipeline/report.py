@@ -65,7 +65,7 @@ def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                     for i, r in enumerate(v["radii"]):
                         spec.append({**k, "band": band, "radius": r, "filter": v["filter"],
                                      "acc": v[f"{band}_acc"][i], "agree": v.get(f"{band}_agree", [None] * 99)[i],
-                                     "heatmap_seconds": sj["heatmap_seconds"]})
+                                     "heatmap_seconds": v.get("heatmap_seconds")})   # variants: no heat map
     return pd.DataFrame(rows), pd.DataFrame(spec)
 
 
@@ -319,7 +319,8 @@ def report(cfg: Config) -> None:
                           "per-layer counts (the same seed's mask as the `random` method), paired by seed. Both are "
                           "evaluated as pruned (the dense network's batch-norm statistics) and after recalibrating "
                           f"batch-norm statistics on {cfg.spectral.bn_batches} batches of {cfg.spectral.batch_size} "
-                          "training images (forward passes only: no labels, no weight change). Averaged over the "
+                          "training images, at most the whole training set (forward passes only: no labels, no "
+                          "weight change). Averaged over the "
                           f"radii {radii}: those of {[float(r) for r in cfg.spectral.radii]} where the teacher's own "
                           f"low-pass and high-pass accuracy are both more than {cfg.report.chance_margin:g} "
                           "percentage points above chance (elsewhere agreement measures a shared bias, not "
