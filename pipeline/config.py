@@ -141,7 +141,7 @@ class RuntimeCfg:
     channels_last: str = "auto"
     compile: bool = False
     threads: int = 0
-    deterministic: bool = True
+    deterministic: bool | str = "auto"
 
 
 @dataclass
@@ -238,8 +238,13 @@ def _coerce(tp, value, key: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key)
+        inner = [a for a in args if a is not type(None)]
+        for a in inner[:-1]:                      # e.g. bool | str: the first type that fits
+            try:
+                return _coerce(a, value, key)
+            except ConfigError:
+                pass
+        return _coerce(inner[-1], value, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if origin is list:
@@ -377,6 +382,8 @@ def _check(c: Config) -> None:
     _need(r.amp in ("auto", "bf16", "off"), "runtime.amp", r.amp, "auto, bf16 or off")
     _need(r.channels_last in ("auto", "on", "off"), "runtime.channels_last", r.channels_last, "auto, on or off")
     _need(r.threads >= 0, "runtime.threads", r.threads, "a non-negative integer (0 = every core)")
+    _need(isinstance(r.deterministic, bool) or r.deterministic == "auto", "runtime.deterministic",
+          r.deterministic, "auto, true or false")
 
 
 def lookup(d: dict, dotted: str):

@@ -53,8 +53,10 @@ def random_like(mask: dict, seed: int) -> dict:
 @torch.no_grad()
 def apply(weights: dict, masks: dict) -> None:
     """Zero the pruned weights in place (called after every optimizer step, so they stay exactly zero)."""
-    for n, m in masks.items():
-        weights[n].mul_(m.to(weights[n].dtype))
+    names = list(masks)
+    # One fused call for every layer (one kernel launch per layer per step adds up on a GPU); the same
+    # products as a loop of mul_, so the CPU path is unchanged bit for bit.
+    torch._foreach_mul_([weights[n] for n in names], [masks[n].to(weights[n].dtype) for n in names])
 
 
 def stats(masks: dict) -> dict:

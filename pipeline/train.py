@@ -37,12 +37,13 @@ def runtime(cfg) -> Runtime:
     if r.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("runtime.device = 'cuda' but no CUDA device is available")
     torch.set_num_threads(r.threads or os.cpu_count() or 1)
-    if r.deterministic:
+    # auto: bit-identical reruns where they are possible (the CPU); on CUDA they are not anyway (cuDNN,
+    # atomics), and deterministic kernels there cost speed.
+    deterministic = r.deterministic is True or (r.deterministic == "auto" and not cuda)
+    if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=cuda)
-        torch.backends.cudnn.benchmark = False
-    elif cuda:
-        torch.backends.cudnn.benchmark = True
+    torch.use_deterministic_algorithms(deterministic, warn_only=cuda)
+    torch.backends.cudnn.benchmark = cuda and not deterministic
     return Runtime(device=torch.device("cuda" if cuda else "cpu"),
                    amp=(r.amp == "bf16") or (r.amp == "auto" and cuda),
                    channels_last=(r.channels_last == "on") or (r.channels_last == "auto" and cuda),
@@ -78,12 +79,24 @@ class Data:
         return (x - self.mean) / self.std
 
 
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random crop with 4-pixel zero padding and horizontal flip, for the whole batch at once. Random
-    numbers come from a CPU generator (same stream on every device, saved in checkpoints)."""
+def draw_epoch(n: int, batch: int, steps: int, g: torch.Generator, device) -> tuple:
+    """An epoch's randomness: the order, then each step's flips (steps, b) and crop offsets (steps, 2, b).
+    Drawn on the CPU generator in the order the steps once drew them (so the stream, the batches and the
+    checkpoints are unchanged), and copied to the device once per epoch, not once per step: a copy per step
+    is a host-device synchronisation on CUDA."""
+    order = torch.randperm(n, generator=g)
+    b = min(batch, n)
+    flips, offs = [], []
+    for _ in range(steps):
+        flips.append(torch.rand(b, generator=g) < 0.5)
+        offs.append(torch.randint(0, 9, (2, b), generator=g))
+    return order.to(device), torch.stack(flips).to(device), torch.stack(offs).to(device)
+
+
+def augment(x: torch.Tensor, flip: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+    """Random crop with 4-pixel zero padding and horizontal flip, for the whole batch at once, from the
+    step's draws (`flip`: (b,) bool, `off`: (2, b) offsets in 0..8, both on x's device)."""
     b, _, h, w = x.shape
-    flip = (torch.rand(b, generator=g) < 0.5).to(x.device)
-    off = torch.randint(0, 9, (2, b), generator=g).to(x.device)
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
     # Every 32x32 window of the padded batch as a view (b, c, 9, 9, h, w), then one window per image: the
     # same pixels as indexing rows and columns element by element, at a third of the cost on the CPU.
@@ -256,17 +269,17 @@ def _weights(model: nn.Module, masks: dict) -> dict:
 def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, epoch, weights, masks) -> dict:
     step_model.train()
     n = len(data.train_y)
-    order = torch.randperm(n, generator=g).to(rt.device)
     loss_sum = torch.zeros((), device=rt.device)
     correct = torch.zeros((), device=rt.device)
     radius = None
     # drop_last: every step sees a full batch (no tiny last batch that destabilises batch norm)
     steps = max(1, n // recipe.batch_size)
+    order, flips, offs = draw_epoch(n, recipe.batch_size, steps, g, rt.device)
     # The masks as 0/1 in the weights' dtype once per epoch, not converted from bool after every step.
     keep = None if weights is None else {k: m.to(weights[k].dtype) for k, m in masks.items()}
     for i in range(steps):
         idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-        x = augment(data.train_x[idx].float().div_(255), g)
+        x = augment(data.train_x[idx].float().div_(255), flips[i], offs[i])
         y = data.train_y[idx]
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -88,6 +88,7 @@ CASES = {
     "typo-top-level-trian": (_const({"trian": {"epochs": 1}}), "trian"),
     "wrong-type-epochs": (_const({"train": {"epochs": "ten"}}), "train.epochs"),
     "wrong-type-compile": (_const({"runtime": {"compile": "yes"}}), "runtime.compile"),
+    "deterministic-maybe": (_const({"runtime": {"deterministic": "maybe"}}), "runtime.deterministic"),
 }
 # As subprocesses: 16 distinct cases, 3 of them through a real training stage with plausible arguments.
 # The CLI maps a ConfigError to exit 2 the same way whatever the key, so every case is ALSO checked
