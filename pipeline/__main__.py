@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tag", action="append", default=[], help="KEY=VALUE for MLflow and the tables")
     stage("report", help="results/: summary.csv, spectral.csv, README.md with tables, plots and claims")
     stage("export_dvc", help="print dvc.yaml derived from the Snakefile's jobs for this experiment")
+    s = stage("plan", help="the grid's jobs, epochs per method and estimated device-hours from measured img/s")
+    s.add_argument("--throughput", default=None, help="img/s file from benchmarks/gpu_check.py (default: the "
+                                                      "newest benchmarks/results/throughput-*.json)")
     return p
 
 
@@ -46,7 +49,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = load(args.experiment)                 # the whole config is checked before anything else
-        kw = {k: v for k, v in vars(args).items() if k not in ("stage", "experiment")}
+        kw = {k: v for k, v in vars(args).items() if k not in ("stage", "experiment", "throughput")}
         if args.stage == "validate":
             print(f"ok: experiment {cfg.name}")
             return 0
@@ -57,6 +60,15 @@ def main(argv=None) -> int:
         if args.stage == "export_dvc":
             from .dag import export_dvc
             sys.stdout.write(export_dvc(args.experiment))
+            return 0
+        if args.stage == "plan":
+            from .plan import default_throughput, load_throughput, plan
+            path = args.throughput or default_throughput()
+            try:
+                measured = load_throughput(path) if path else None
+            except (OSError, ValueError) as e:
+                raise CorruptFile(f"--throughput {path}: {e}") from None
+            sys.stdout.write(plan(cfg, args.experiment, measured))
             return 0
         from . import stages
         if args.stage == "spectral":
