@@ -142,6 +142,7 @@ class RuntimeCfg:
     compile: bool = False
     threads: int = 0
     deterministic: bool | str = "auto"
+    cuda_graphs: bool | str = "auto"
 
 
 @dataclass
@@ -384,6 +385,10 @@ def _check(c: Config) -> None:
     _need(r.threads >= 0, "runtime.threads", r.threads, "a non-negative integer (0 = every core)")
     _need(isinstance(r.deterministic, bool) or r.deterministic == "auto", "runtime.deterministic",
           r.deterministic, "auto, true or false")
+    _need(isinstance(r.cuda_graphs, bool) or r.cuda_graphs == "auto", "runtime.cuda_graphs", r.cuda_graphs,
+          "auto, true or false")
+    _need(not (r.cuda_graphs is True and r.compile), "runtime.cuda_graphs", r.cuda_graphs,
+          "false (or auto) while runtime.compile is true: a compiled model is not captured as well")
 
 
 def lookup(d: dict, dotted: str):

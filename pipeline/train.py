@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import io, masks as M
+from .captured import CapturedStep
 
 # ------------------------------------------------------------------------------------------- the device
 
@@ -28,6 +29,7 @@ class Runtime:
     amp: bool            # bf16 autocast
     channels_last: bool
     compile: bool
+    graphs: bool = False   # CUDA graphs: the training step captured once per epoch and replayed (captured.py)
 
 
 def runtime(cfg) -> Runtime:
@@ -47,7 +49,8 @@ def runtime(cfg) -> Runtime:
     return Runtime(device=torch.device("cuda" if cuda else "cpu"),
                    amp=(r.amp == "bf16") or (r.amp == "auto" and cuda),
                    channels_last=(r.channels_last == "on") or (r.channels_last == "auto" and cuda),
-                   compile=r.compile)
+                   compile=r.compile,
+                   graphs=cuda and not r.compile and r.cuda_graphs in ("auto", True))
 
 
 def to_device(model: nn.Module, rt: Runtime) -> nn.Module:
@@ -277,19 +280,26 @@ def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, e
     order, flips, offs = draw_epoch(n, recipe.batch_size, steps, g, rt.device)
     # The masks as 0/1 in the weights' dtype once per epoch, not converted from bool after every step.
     keep = None if weights is None else {k: m.to(weights[k].dtype) for k, m in masks.items()}
-    for i in range(steps):
-        idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-        x = augment(data.train_x[idx].float().div_(255), flips[i], offs[i])
-        y = data.train_y[idx]
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+
+    def step(x, y):
+        # autocast's weight-cast cache cannot live in a CUDA graph; without it the casts are the same.
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp, cache_enabled=not rt.graphs):
             loss, logits, radius = recipe.loss(step_model, x, y, epoch, data.normalize)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if weights is not None:
             M.apply(weights, keep)
+        return loss, logits, radius
+    if rt.graphs:
+        step = CapturedStep(step)
+    for i in range(steps):
+        idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+        x = augment(data.train_x[idx].float().div_(255), flips[i], offs[i])
+        y = data.train_y[idx]
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss, logits, radius = step(x, y)
         loss_sum += loss.detach().float() * len(y)
         correct += (logits.argmax(1) == y).sum()
     seen = steps * min(recipe.batch_size, n)
