@@ -117,7 +117,8 @@ rule spectral_dense:
 
 
 rule spectral_pruned:
-    """The spectral signature of pruning itself: the MBP topology before any retraining."""
+    """The spectral signature of pruning itself: the MBP topology before any retraining, as is and with
+    batch-norm statistics recalibrated, against a random mask with its per-layer counts (same seed)."""
     input:
         data=rules.prepare.output.data,
         model=rules.train_dense.output.model,
@@ -129,7 +130,8 @@ rule spectral_pruned:
         cfg=section("spectral"),
     shell:
         "python -m pipeline spectral --experiment {EXPERIMENT} --data {input.data} --model {input.model}"
-        " --mask {input.mask} --teacher {input.model} --out {output.json} --tag dataset={wildcards.dataset}"
+        " --mask {input.mask} --control-seed {wildcards.seed} --teacher {input.model} --out {output.json}"
+        " --tag dataset={wildcards.dataset}"
         " --tag arch={wildcards.arch} --tag seed={wildcards.seed} --tag sparsity={wildcards.sparsity}"
         " --tag method=pruned"
 

@@ -35,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
           "--mask", "--out", help="stage 2: retrain the pruned network with a method")
     s = stage("spectral", "--data", "--model", "--out", help="band-limited accuracy and Fourier heat map")
     s.add_argument("--teacher", default=None, help="dense model to measure agreement with")
-    s.add_argument("--mask", default=None, help="apply this mask first (the pruned topology, not retrained)")
+    s.add_argument("--mask", default=None, help="apply this mask first (the pruned topology, not retrained); "
+                   "also evaluates it after batch-norm recalibration and a random control mask")
+    s.add_argument("--control-seed", type=int, default=None, help="with --mask: the random control mask's seed")
     s.add_argument("--tag", action="append", default=[], help="KEY=VALUE for MLflow and the tables")
     stage("report", help="results/: summary.csv, spectral.csv, README.md with tables, plots and claims")
     stage("export_dvc", help="print dvc.yaml derived from the Snakefile's jobs for this experiment")

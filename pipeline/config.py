@@ -22,7 +22,7 @@ ARCHS = ("resnet20", "resnet56", "vgg16_bn")
 SOURCES = ("torchvision", "imagefolder", "synthetic")
 TORCHVISION_DATASETS = ("cifar10", "cifar100")
 METHODS = ("finetune", "finetune_layerwise", "random", "kd", "fourier_kd", "fourier_kd_reverse", "freq_ce",
-           "imp", "lth", "lr_rewind", "gmp")
+           "imp", "lth", "lth_init", "lr_rewind", "gmp")
 # The config sections each retraining method reads (its rule's params: Snakemake and DVC rerun a method only
 # when one of these changed). Here, not in methods.py, so that parsing the Snakefile never imports torch.
 _COMMON = ("retrain", "train", "model", "prune", "runtime")
@@ -30,7 +30,8 @@ METHOD_PARAMS = {
     "finetune": _COMMON, "finetune_layerwise": _COMMON, "random": _COMMON,
     "kd": _COMMON + ("distill",), "fourier_kd": _COMMON + ("distill",),
     "fourier_kd_reverse": _COMMON + ("distill",), "freq_ce": _COMMON + ("distill",),
-    "imp": _COMMON + ("imp",), "lth": _COMMON + ("lth",), "lr_rewind": _COMMON, "gmp": _COMMON + ("gmp",),
+    "imp": _COMMON + ("imp",), "lth": _COMMON + ("lth",), "lth_init": _COMMON + ("lth",), "lr_rewind": _COMMON,
+    "gmp": _COMMON + ("gmp",),
 }
 assert set(METHOD_PARAMS) == set(METHODS)
 SCHEDULES = ("linear", "step", "cosine")
@@ -80,7 +81,7 @@ class TrainCfg:
     weight_decay: float = 1e-4
     lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = 0.1
-    save_epochs: list[int] = field(default_factory=lambda: [0])
+    save_epochs: list[int] = field(default_factory=lambda: [0, 3])
 
 
 @dataclass
@@ -116,7 +117,7 @@ class ImpCfg:
 @dataclass
 class LthCfg:
     rounds: int = 5
-    rewind_epoch: int = 0
+    rewind_epoch: int = 3     # late rewinding (Frankle et al. 2020); lth_init rewinds to epoch 0
 
 
 @dataclass
@@ -132,6 +133,7 @@ class SpectralCfg:
     batch_size: int = 500
     heatmap_images: int = 1000
     heatmap_eps: float = 4.0
+    bn_batches: int = 20      # pruning signature: batch-norm recalibration batches (of batch_size images)
 
 
 @dataclass
@@ -153,6 +155,8 @@ class TrackingCfg:
 @dataclass
 class ReportCfg:
     dir: str = "results"
+    equivalence_margin: float = 0.5   # percentage points (TOST margin of the "not held" verdict)
+    chance_margin: float = 5.0        # percentage points above chance (pruning signature: radii kept)
 
 
 @dataclass
@@ -369,6 +373,11 @@ def _check(c: Config) -> None:
     _need(c.imp.epochs_per_round > 0, "imp.epochs_per_round", c.imp.epochs_per_round, "a positive integer")
     _need(c.lth.rewind_epoch in t.save_epochs, "lth.rewind_epoch", c.lth.rewind_epoch,
           f"one of train.save_epochs={t.save_epochs} (the dense stage must save those weights)")
+    _need(c.lth.rewind_epoch < t.epochs, "lth.rewind_epoch", c.lth.rewind_epoch,
+          f"smaller than train.epochs={t.epochs} (each round trains from epoch k to the end)")
+    if "lth_init" in g.methods:
+        _need(0 in t.save_epochs, "train.save_epochs", t.save_epochs,
+              "a list holding 0 when grid.methods has lth_init (it rewinds to the initialisation)")
     _need(0 <= c.gmp.start < c.gmp.end <= 1, "gmp.start/gmp.end", (c.gmp.start, c.gmp.end),
           "fractions with 0 <= start < end <= 1")
     s = c.spectral
@@ -378,6 +387,11 @@ def _check(c: Config) -> None:
     for k in ("batch_size", "heatmap_images"):
         _need(getattr(s, k) > 0, f"spectral.{k}", getattr(s, k), "a positive integer")
     _need(s.heatmap_eps > 0, "spectral.heatmap_eps", s.heatmap_eps, "positive")
+    _need(s.bn_batches > 0, "spectral.bn_batches", s.bn_batches, "a positive integer")
+    _need(c.report.equivalence_margin > 0, "report.equivalence_margin", c.report.equivalence_margin,
+          "positive (percentage points)")
+    _need(0 <= c.report.chance_margin < 100, "report.chance_margin", c.report.chance_margin,
+          "in [0, 100) (percentage points above chance)")
     r = c.runtime
     _need(r.device in ("auto", "cpu", "cuda"), "runtime.device", r.device, "auto, cpu or cuda")
     _need(r.amp in ("auto", "bf16", "off"), "runtime.amp", r.amp, "auto, bf16 or off")

@@ -135,10 +135,10 @@ def imp(ctx):
     return Recipe(rounds, momentum=c.train.momentum, weight_decay=c.train.weight_decay, batch_size=c.train.batch_size)
 
 
-def lth(ctx):
-    """Lottery ticket with rewinding: prune the trained weights, rewind the survivors to their epoch-k values,
-    train with the dense schedule from epoch k; repeat, the last round landing on the target."""
-    c, k = ctx.cfg, ctx.cfg.lth.rewind_epoch
+def _lottery(ctx, k: int) -> Recipe:
+    """Lottery ticket with rewinding to epoch k: prune the trained weights, rewind the survivors to their
+    epoch-k values, train with the dense schedule from epoch k; repeat, the last round landing on the target."""
+    c = ctx.cfg
     rewind = ctx.snapshots[k]
     rounds = []
     for i, s in enumerate(M.iterative_targets(ctx.sparsity, c.lth.rounds)):
@@ -151,6 +151,22 @@ def lth(ctx):
         rounds.append(Round(c.train.epochs - k, c.train.lr, c.train.lr_drops, c.train.gamma,
                             schedule_offset=k, schedule_epochs=c.train.epochs, begin=begin))
     return Recipe(rounds, momentum=c.train.momentum, weight_decay=c.train.weight_decay, batch_size=c.train.batch_size)
+
+
+def lth(ctx):
+    """The ticket as its papers run it: late rewinding to epoch lth.rewind_epoch (Frankle et al. 2020;
+    Renda et al. 2020)."""
+    return _lottery(ctx, ctx.cfg.lth.rewind_epoch)
+
+
+def lth_init(ctx):
+    """The original lottery ticket (Frankle & Carbin 2019): survivors rewound to the initialisation."""
+    return _lottery(ctx, 0)
+
+
+def rewind_epoch(cfg, method: str) -> int | None:
+    """The dense epoch whose weights a method rewinds to (None: it does not rewind)."""
+    return {"lth": cfg.lth.rewind_epoch, "lth_init": 0}.get(method)
 
 
 def lr_rewind(ctx):
@@ -189,5 +205,5 @@ def gmp(ctx):
 
 
 METHODS = {f.__name__: f for f in (finetune, finetune_layerwise, random, kd, fourier_kd, fourier_kd_reverse,
-                                    freq_ce, imp, lth, lr_rewind, gmp)}
+                                    freq_ce, imp, lth, lth_init, lr_rewind, gmp)}
 NEEDS_TEACHER = ("kd", "fourier_kd", "fourier_kd_reverse")

@@ -16,10 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from . import io  # noqa: E402
+from . import io, verdicts  # noqa: E402
 from .config import ROOT, Config, resolve_path  # noqa: E402
 from .methods import ONE_SHOT  # noqa: E402
-from .spectral import FULL, paired_interval  # noqa: E402
+from .spectral import FULL  # noqa: E402
 from .tracking import Run, git_commit  # noqa: E402
 
 HEATMAP_METHODS = ("dense", "pruned", "finetune", "kd", "fourier_kd")
@@ -58,11 +58,13 @@ def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                              "nonzero_weights": m["nonzero_weights"], "weights": m["weights"],
                              "epochs": m["epochs"], "train_seconds": m["train_seconds"], "hardware": m["hardware"]})
             sj = io.read_json(spectral)
-            for band in ("low", "high"):
-                for i, r in enumerate(sj["radii"]):
-                    spec.append({**key, "band": band, "radius": r, "filter": sj["filter"],
-                                 "acc": sj[f"{band}_acc"][i], "agree": sj.get(f"{band}_agree", [None] * 99)[i],
-                                 "heatmap_seconds": sj["heatmap_seconds"]})
+            # the pruned topology's json also holds its controlled variants (signature.py): one row set each
+            for k, v in [(key, sj)] + [(dict(key, method=n), v) for n, v in sj.get("variants", {}).items()]:
+                for band in ("low", "high"):
+                    for i, r in enumerate(v["radii"]):
+                        spec.append({**k, "band": band, "radius": r, "filter": v["filter"],
+                                     "acc": v[f"{band}_acc"][i], "agree": v.get(f"{band}_agree", [None] * 99)[i],
+                                     "heatmap_seconds": sj["heatmap_seconds"]})
     return pd.DataFrame(rows), pd.DataFrame(spec)
 
 
@@ -77,14 +79,15 @@ def _fmt(mean, std, n) -> str:
 
 
 def main_table(summary: pd.DataFrame, ds: str, arch: str) -> str:
-    """Method x sparsity, test accuracy (%) mean ± std over seeds, with epochs spent."""
+    """Method x sparsity, test accuracy (%) mean ± std over seeds, with epochs and train seconds spent."""
     df = summary[(summary.dataset == ds) & (summary.arch == arch)]
     sparsities = sorted(df[df.method != "dense"].sparsity.unique())
-    head = "| group | method | epochs | " + " | ".join(f"s={s}" for s in sparsities) + " |"
-    lines = [head, "|" + "---|" * (3 + len(sparsities))]
-    dense = df[df.method == "dense"].test_acc
-    lines.append(f"| dense | dense | {int(df[df.method == 'dense'].epochs.mean())} | "
-                 + " | ".join(_fmt(dense.mean(), dense.std(), len(dense)) for _ in sparsities) + " |")
+    head = "| group | method | epochs | train s | " + " | ".join(f"s={s}" for s in sparsities) + " |"
+    lines = [head, "|" + "---|" * (4 + len(sparsities))]
+    dense = df[df.method == "dense"]
+    lines.append(f"| dense | dense | {int(dense.epochs.mean())} | {dense.train_seconds.mean():.0f} | "
+                 + " | ".join(_fmt(dense.test_acc.mean(), dense.test_acc.std(), len(dense)) for _ in sparsities)
+                 + " |")
     for group in ("one-shot (equal budget)", "extra cost"):
         for m in df[df.group == group].method.unique():
             sub = df[df.method == m]
@@ -92,16 +95,21 @@ def main_table(summary: pd.DataFrame, ds: str, arch: str) -> str:
             for s in sparsities:
                 a = sub[sub.sparsity == s].test_acc
                 cells.append(_fmt(a.mean(), a.std(), len(a)) if len(a) else "-")
-            lines.append(f"| {group} | {m} | {int(sub.epochs.mean())} | " + " | ".join(cells) + " |")
+            lines.append(f"| {group} | {m} | {int(sub.epochs.mean())} | {sub.train_seconds.mean():.0f} | "
+                         + " | ".join(cells) + " |")
     n = df.groupby(["method", "sparsity"]).seed.nunique().max()
     lines.append("")
     lines.append(f"Test accuracy (%), mean ± sample std over {n} seed(s)" + (" (one seed: no spread)" if n < 2 else "")
-                 + ". Epochs: retraining epochs spent per model (dense: training epochs).")
+                 + ". Epochs: retraining epochs spent per model (dense: training epochs). Train s: wall-clock "
+                 f"training seconds per model (mean over seeds and sparsities) on {', '.join(sorted(df.hardware.unique()))}"
+                 ". Equal budget means equal epochs and schedule, not equal compute: fourier_kd and "
+                 "fourier_kd_reverse make two student passes per step (the filtered batch for the KL term, the "
+                 "unfiltered batch for the cross-entropy) until the radius reaches the full band, then one.")
     return "\n".join(lines)
 
 
-def paired(summary: pd.DataFrame, ds: str, arch: str, method: str, base: str) -> list[dict]:
-    """method - base at each sparsity: mean test-accuracy difference over seeds run by both, 95% interval."""
+def paired(summary: pd.DataFrame, ds: str, arch: str, method: str, base: str) -> list[verdicts.Difference]:
+    """method - base at each sparsity: test-accuracy differences paired by the seeds run by both."""
     df = summary[(summary.dataset == ds) & (summary.arch == arch)]
     out = []
     for s in sorted(df[df.method == base].sparsity.unique()):
@@ -109,34 +117,22 @@ def paired(summary: pd.DataFrame, ds: str, arch: str, method: str, base: str) ->
         b = df[(df.method == base) & (df.sparsity == s)].set_index("seed").test_acc
         seeds = sorted(set(a.index) & set(b.index))
         if seeds:
-            out.append({"sparsity": s, **paired_interval([a[k] for k in seeds], [b[k] for k in seeds])})
+            out.append(verdicts.difference(s, [a[k] for k in seeds], [b[k] for k in seeds]))
     return out
 
 
 def comparisons(summary: pd.DataFrame, ds: str, arch: str, baselines=("finetune", "kd")) -> pd.DataFrame:
     """Every method vs each baseline at the same sparsity (paired by seed)."""
     methods = summary[(summary.dataset == ds) & (summary.arch == arch) & (summary.method != "dense")].method.unique()
-    return pd.DataFrame([{"baseline": b, "method": m, **r} for b in baselines for m in methods if m != b
-                         for r in paired(summary, ds, arch, m, b)])
+    return pd.DataFrame([{"baseline": b, "method": m, "sparsity": d.key, "n": d.n, "mean": d.mean,
+                          **dict(zip(("low", "high"), d.interval(0.95)))}
+                         for b in baselines for m in methods if m != b for d in paired(summary, ds, arch, m, b)])
 
 
 def _ci_text(r) -> str:
     if r["n"] < 2:
         return f"{100 * r['mean']:+.2f} (one seed: no interval can be given)"
     return f"{100 * r['mean']:+.2f} [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}]"
-
-
-def _verdict(rows: list[dict]) -> str:
-    """held: the 95% interval is above 0 at every sparsity; not held: the mean difference is <= 0 at every
-    sparsity or some interval lies wholly below 0; otherwise (or with one seed) not enough evidence."""
-    if not rows:
-        return "not run"
-    if any(r["n"] >= 2 and r["high"] < 0 for r in rows) or (all(r["n"] >= 2 for r in rows)
-                                                              and all(r["mean"] <= 0 for r in rows)):
-        return "not held"
-    if all(r["n"] >= 2 and r["low"] > 0 for r in rows):
-        return "held"
-    return "not enough evidence"
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -229,18 +225,41 @@ def _describe_data(cfg: Config) -> str:
     return "; ".join(out)
 
 
-def _signature(spec: pd.DataFrame, ds, arch) -> tuple[str, list]:
-    """Pruning before retraining: agreement with the teacher on low-pass vs high-pass images."""
-    df = spec[(spec.dataset == ds) & (spec.arch == arch) & (spec.method == "pruned") & (spec.radius != FULL)]
-    lines = ["| sparsity | seed | low-pass agreement (mean over radii) | high-pass agreement | low - high |",
-             "|---|---|---|---|---|"]
-    diffs = []
-    for (s, seed), g in df.groupby(["sparsity", "seed"]):
-        lo = g[g.band == "low"].agree.astype(float).mean()
-        hi = g[g.band == "high"].agree.astype(float).mean()
-        lines.append(f"| {s} | {seed} | {100 * lo:.1f} | {100 * hi:.1f} | {100 * (lo - hi):+.1f} |")
-        diffs.append((s, seed, lo, hi))
-    return "\n".join(lines), diffs
+SIGNATURE = {"as pruned": ("pruned", "random_mask"),     # evaluation -> (MBP variant, control variant)
+             "after batch-norm recalibration": ("pruned_bn", "random_mask_bn")}
+
+
+def signature_radii(spec: pd.DataFrame, ds, arch, classes: int, margin_pp: float) -> list[float]:
+    """The radii where the dense teacher's own low-pass AND high-pass accuracy (mean over seeds) lie more
+    than margin_pp percentage points above chance (1 / classes): elsewhere agreement measures a shared bias."""
+    df = spec[(spec.dataset == ds) & (spec.arch == arch) & (spec.method == "dense") & (spec.radius != FULL)]
+    acc = df.assign(radius=df.radius.astype(float)).groupby(["radius", "band"]).acc.mean().unstack()
+    floor = 1 / classes + margin_pp / 100
+    return [float(r) for r, row in acc.iterrows() if row["low"] > floor and row["high"] > floor]
+
+
+def signature(spec: pd.DataFrame, ds, arch, radii: list[float]) -> tuple[str, dict]:
+    """Per sparsity, seed and evaluation: (low - high) agreement with the teacher over `radii`, for MBP and
+    its random control; returns the table and {evaluation: {sparsity: ([MBP], [control]) paired by seed}}."""
+    df = spec[(spec.dataset == ds) & (spec.arch == arch) & (spec.radius != FULL)]
+    df = df[df.radius.astype(float).isin(radii)]
+    lines = ["| sparsity | seed | evaluation | MBP low-pass | MBP high-pass | MBP low - high | control low - high "
+             "| MBP - control |", "|---|---|---|---|---|---|---|---|"]
+    pairs: dict = {e: {} for e in SIGNATURE}
+    for (s, seed), g in df[df.method.isin([v for p in SIGNATURE.values() for v in p])].groupby(["sparsity", "seed"]):
+        for evaluation, (mbp, control) in SIGNATURE.items():
+            band = {(m, b): g[(g.method == m) & (g.band == b)].agree.astype(float).mean()
+                    for m in (mbp, control) for b in ("low", "high")}
+            if any(pd.isna(v) for v in band.values()):
+                continue
+            d_mbp, d_ctrl = band[mbp, "low"] - band[mbp, "high"], band[control, "low"] - band[control, "high"]
+            lines.append(f"| {s} | {seed} | {evaluation} | {100 * band[mbp, 'low']:.1f} | "
+                         f"{100 * band[mbp, 'high']:.1f} | {100 * d_mbp:+.1f} | {100 * d_ctrl:+.1f} | "
+                         f"{100 * (d_mbp - d_ctrl):+.1f} |")
+            a, b = pairs[evaluation].setdefault(s, ([], []))
+            a.append(d_mbp)
+            b.append(d_ctrl)
+    return "\n".join(lines), pairs
 
 
 def report(cfg: Config) -> None:
@@ -277,6 +296,8 @@ def report(cfg: Config) -> None:
                 lines += [f"![accuracy vs sparsity](figures/accuracy_vs_sparsity_{tag}.png)", ""]
                 comp = comparisons(summary, ds, arch)
                 lines += ["### Paired differences (test accuracy, percentage points; 95% t-interval over seeds)", "",
+                          "Per comparison, not adjusted for testing many: the Claims below use Holm-adjusted "
+                          "intervals.", "",
                           "| vs | sparsity | method | difference |", "|---|---|---|---|"]
                 for _, r in comp.iterrows():
                     lines.append(f"| {r.baseline} | {r.sparsity} | {r.method} | {_ci_text(r)} |")
@@ -286,15 +307,22 @@ def report(cfg: Config) -> None:
                     fig_heatmaps(cfg, ds, arch, s, figs / f"heatmaps_{tag}_s{s}.png")
                     lines += [f"![bands](figures/bands_{tag}_s{s}.png)", "",
                               f"![heat maps](figures/heatmaps_{tag}_s{s}.png)", ""]
-                sig_table, sig = _signature(spec, ds, arch)
-                lines += ["### Spectral signature of pruning (MBP topology, before retraining)", "",
-                          "Agreement of the pruned network with its dense teacher, on low-pass images and on "
-                          "high-pass images, averaged over the radii " + str(cfg.spectral.radii) + ". "
-                          "Caveat: where both networks are near chance on a band (often the high-pass band), "
-                          "agreement measures a shared bias (both predicting the same class), not preserved "
-                          "behaviour; read it with the band accuracies above.", "",
-                          sig_table, ""]
-                claims += _claims(summary, sig, ds, arch)
+                radii = signature_radii(spec, ds, arch, cfg.datasets[ds].classes, cfg.report.chance_margin)
+                sig_table, sig = signature(spec, ds, arch, radii)
+                lines += ["### Spectral signature of pruning (MBP topology, before retraining, against a control)", "",
+                          "Agreement of the pruned network with its dense teacher on low-pass images minus that on "
+                          "high-pass images, for the MBP topology and for a control: a random mask with MBP's "
+                          "per-layer counts (the same seed's mask as the `random` method), paired by seed. Both are "
+                          "evaluated as pruned (the dense network's batch-norm statistics) and after recalibrating "
+                          f"batch-norm statistics on {cfg.spectral.bn_batches} batches of {cfg.spectral.batch_size} "
+                          "training images (forward passes only: no labels, no weight change). Averaged over the "
+                          f"radii {radii}: those of {[float(r) for r in cfg.spectral.radii]} where the teacher's own "
+                          f"low-pass and high-pass accuracy are both more than {cfg.report.chance_margin:g} "
+                          "percentage points above chance (elsewhere agreement measures a shared bias, not "
+                          "preserved behaviour).", "",
+                          sig_table if radii else "No radius qualifies: the teacher is near chance on a band at "
+                          "every radius, so this signature cannot be measured here.", ""]
+                claims += _claims(summary, sig, ds, arch, cfg.report.equivalence_margin)
                 for _, r in summary[(summary.dataset == ds) & (summary.arch == arch)].groupby(
                         ["method", "sparsity"]).test_acc.agg(["mean", "std", "count"]).reset_index().iterrows():
                     metrics.setdefault(tag, {})[f"{r.method}_s{r.sparsity}"] = {
@@ -302,9 +330,8 @@ def report(cfg: Config) -> None:
         heat = spec.groupby(["dataset", "arch", "seed", "sparsity", "method"]).heatmap_seconds.first()
         lines += ["## Claims", "",
                   "Each claim of the paper (abstract), the comparison that tests it, and the verdict on the runs "
-                  "above. Rule: **held** if the 95% interval of the paired difference lies above 0 at every "
-                  "sparsity; **not held** if some interval lies wholly below 0 or the mean difference is <= 0 "
-                  "everywhere; otherwise **not enough evidence** (always so with one seed).", "",
+                  "above. Rule: " + verdicts.rule(cfg.report.equivalence_margin) + " Evidence: the mean paired "
+                  "difference in percentage points at each sparsity, with its Holm-adjusted interval and level.", "",
                   "| claim | test | data | verdict | evidence |", "|---|---|---|---|---|"] + claims
         lines += ["", "## Cost", "", f"Fourier heat map: {heat.mean():.2f} s per model on average "
                   f"({cfg.spectral.heatmap_images} images, {hardware}).", "",
@@ -326,19 +353,33 @@ CLAIMS = (  # (claim from the paper's abstract, method, baseline)
 )
 
 
-def _claims(summary: pd.DataFrame, sig: list, ds: str, arch: str) -> list[str]:
+def _evidence(diffs: list, j) -> str:
+    if not diffs:
+        return "not run in this grid"
+    parts = []
+    for d, (level, low, high) in zip(diffs, j.intervals):
+        if d.n < 2:
+            parts.append(f"s={d.key}: {100 * d.mean:+.2f} ({d.n} seed: no interval)")
+        else:
+            parts.append(f"s={d.key}: {100 * d.mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] "
+                         f"({100 * level:.1f}%, {d.n} seeds)")
+    return "; ".join(parts) + ("; *equivalent* (TOST within the margin at every sparsity)" if j.equivalence else "")
+
+
+def _claim_row(claim: str, test: str, where: str, diffs: list, margin_pp: float) -> str:
+    j = verdicts.judge(diffs, margin_pp / 100)
+    return f"| {claim} | {test} | {where} | **{j.verdict}** | {_evidence(diffs, j)} |"
+
+
+def _claims(summary: pd.DataFrame, sig: dict, ds: str, arch: str, margin_pp: float) -> list[str]:
     rows = []
     for claim, method, base in CLAIMS:
-        recs = paired(summary, ds, arch, method, base)
-        ev = "; ".join(f"s={r['sparsity']}: {_ci_text(r)}" for r in recs) or "not run in this grid"
-        rows.append(f"| {claim} | {method} - {base} | {ds}/{arch} | **{_verdict(recs)}** | {ev} |")
-    if sig:
-        by_s = {}
-        for s, seed, lo, hi in sig:
-            by_s.setdefault(s, []).append(lo - hi)
-        recs = [{"sparsity": s, **paired_interval(d, [0.0] * len(d))} for s, d in by_s.items()]
-        ev = "; ".join(f"s={r['sparsity']}: {_ci_text(r)}" for r in recs)
-        rows.append(f"| MBP keeps the network's low-frequency behaviour better than its high-frequency one | "
-                    f"agreement with the teacher, low-pass - high-pass, pruned network before retraining | "
-                    f"{ds}/{arch} | **{_verdict(recs)}** | {ev} |")
+        rows.append(_claim_row(claim, f"{method} - {base}", f"{ds}/{arch}", paired(summary, ds, arch, method, base),
+                               margin_pp))
+    for evaluation, by_s in sig.items():
+        diffs = [verdicts.difference(s, mbp, control) for s, (mbp, control) in sorted(by_s.items())]
+        rows.append(_claim_row("MBP keeps the network's low-frequency behaviour better than its high-frequency one",
+                               f"agreement with the teacher, low-pass - high-pass, MBP topology - random mask with "
+                               f"its per-layer counts, {evaluation}, before retraining", f"{ds}/{arch}", diffs,
+                               margin_pp))
     return rows

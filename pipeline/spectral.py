@@ -7,6 +7,7 @@ plain test accuracy, and high-pass is the empty image.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -77,17 +78,39 @@ def heatmap(model, data: Data, rt: Runtime, images: int, eps: float, batch: int,
     return out                                 # out[i + 16, j + 16]: centred, frequency 0 at [16, 16]
 
 
-def evaluate(model, data: Data, rt: Runtime, spec, teacher=None) -> dict:
-    """All spectral numbers of one model, as a JSON-able dict plus the heat map tensor."""
-    bp = band_predictions(model, data, rt, spec.radii, spec.filter, spec.batch_size)
+def fp32(rt: Runtime) -> Runtime:
+    """Spectral evaluation runs in fp32 on every device: a high-pass image is a small signal on an offset
+    (about -2 after normalisation) where bf16's step is 2^-7, so bf16 band curves would not compare with
+    the CPU's. Training keeps bf16 where configured."""
+    return dataclasses.replace(rt, amp=False)
+
+
+def teacher_bands(teacher, data: Data, rt: Runtime, spec) -> dict | None:
+    """The teacher's band predictions, computed once for every model compared with it."""
+    if teacher is None:
+        return None
+    return band_predictions(teacher, data, fp32(rt), spec.radii, spec.filter, spec.batch_size)
+
+
+def band_scores(model, data: Data, rt: Runtime, spec, teacher_bp: dict | None = None) -> dict:
+    """Accuracy per band and radius and, given the teacher's band predictions, agreement with them."""
+    bp = band_predictions(model, data, fp32(rt), spec.radii, spec.filter, spec.batch_size)
     y = data.test_y
     out = {"radii": [float(r) for r in spec.radii] + [FULL], "filter": spec.filter}
     for band in ("low", "high"):
         out[f"{band}_acc"] = (bp[band] == y[None]).float().mean(1).tolist()
-    if teacher is not None:
-        tp = band_predictions(teacher, data, rt, spec.radii, spec.filter, spec.batch_size)
+    if teacher_bp is not None:
         for band in ("low", "high"):
-            out[f"{band}_agree"] = (bp[band] == tp[band]).float().mean(1).tolist()
+            out[f"{band}_agree"] = (bp[band] == teacher_bp[band]).float().mean(1).tolist()
+    return out
+
+
+def evaluate(model, data: Data, rt: Runtime, spec, teacher=None, teacher_bp: dict | None = None) -> dict:
+    """All spectral numbers of one model (fp32), as a JSON-able dict plus the heat map tensor."""
+    rt = fp32(rt)
+    out = band_scores(model, data, rt, spec, teacher_bp if teacher_bp is not None else
+                      teacher_bands(teacher, data, rt, spec))
+    y = data.test_y
     out["test_acc"] = out["low_acc"][-1]
     t0 = time.time()
     out["heatmap"] = heatmap(model, data, rt, min(spec.heatmap_images, len(y)), spec.heatmap_eps, spec.batch_size)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import data as D, io, masks as M, methods as MT, models, spectral as S, train as T
+from . import data as D, io, masks as M, methods as MT, models, signature as SG, spectral as S, train as T
 from .config import METHOD_PARAMS, ROOT, Config, ConfigError, digest
 from .tracking import Run
 
@@ -58,8 +58,9 @@ def _model_file(model, arch, classes, cfg: Config, masks=None, **extra) -> dict:
             **extra}
 
 
-def load_model(path, rt: T.Runtime | None = None):
-    """A saved model (dense or pruned), rebuilt; its masks checked against the architecture."""
+def load_model(path, rt: T.Runtime | None = None, exclude=()):
+    """A saved model (dense or pruned), rebuilt; its masks checked against the architecture's prunable
+    weights (less the `exclude`d layers, prune.exclude)."""
     blob = io.load(path, "model", keys=("arch", "classes", "width", "state"))
     net = models.build(blob["arch"], blob["classes"], blob["width"])
     try:
@@ -67,20 +68,21 @@ def load_model(path, rt: T.Runtime | None = None):
     except RuntimeError as e:
         raise io.CorruptFile(f"{path}: weights do not fit {blob['arch']}: {str(e).splitlines()[0]}") from None
     if blob.get("masks") is not None:
-        _check_mask(blob["masks"], net, path)
+        _check_mask(blob["masks"], net, path, exclude)
     return (T.to_device(net, rt) if rt else net), blob
 
 
-def load_mask(path, net) -> dict:
+def load_mask(path, net, exclude=()) -> dict:
     blob = io.load(path, "mask", keys=("masks",))
-    _check_mask(blob["masks"], net, path)
+    _check_mask(blob["masks"], net, path, exclude)
     return blob["masks"]
 
 
-def _check_mask(masks: dict, net, path) -> None:
-    """A mask made for another model is an input error naming the file (exit 3), not a stack trace."""
+def _check_mask(masks: dict, net, path, exclude=()) -> None:
+    """A mask made for another model is an input error naming the file (exit 3), not a stack trace. The
+    layers prune.exclude exempts have no mask."""
     try:
-        M.check_compatible(masks, models.prunable(net), path)
+        M.check_compatible(masks, models.prunable(net, exclude), path)
     except ValueError as e:
         raise io.CorruptFile(str(e)) from None
 
@@ -150,11 +152,12 @@ def retrain(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, me
     rt = T.runtime(cfg)
     blob = D.load(Path(data))
     teacher, _ = load_model(dense)
-    base_mask = load_mask(mask, teacher)
+    base_mask = load_mask(mask, teacher, cfg.prune.exclude)
     snaps = io.load(snapshots, "snapshots", keys=("snapshots",))["snapshots"]
-    if method == "lth" and cfg.lth.rewind_epoch not in snaps:
-        raise io.CorruptFile(f"{snapshots}: no weights saved at epoch {cfg.lth.rewind_epoch} "
-                             f"(lth.rewind_epoch); add it to train.save_epochs and rerun train_dense")
+    k = MT.rewind_epoch(cfg, method)
+    if k is not None and k not in snaps:
+        raise io.CorruptFile(f"{snapshots}: no weights saved at epoch {k} (the rewind epoch of {method}); "
+                             f"add it to train.save_epochs and rerun train_dense")
     params = cfg.section(*METHOD_PARAMS[method])
     key = digest({"stage": "retrain", "dataset": dataset, "arch": arch, "seed": seed, "sparsity": sparsity,
                   "method": method, "data": blob["sha256"], "dense": io.sha256(dense), **params})
@@ -201,18 +204,23 @@ def _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, extra_files=None, extr
 
 
 def spectral(cfg: Config, data: str, model: str, out: str, teacher: str | None = None, mask: str | None = None,
-             tags: dict | None = None) -> None:
-    """Band-limited accuracy, agreement with the teacher, Fourier heat map, for one model."""
+             control_seed: int | None = None, tags: dict | None = None) -> None:
+    """Band-limited accuracy, agreement with the teacher, Fourier heat map, for one model. With a mask: the
+    pruned topology before any retraining, as is, after batch-norm recalibration, and against a random
+    mask with its per-layer counts (signature.py; the control's seed is `control_seed`)."""
+    if mask is not None and (control_seed is None or teacher is None):
+        raise ConfigError("spectral --mask needs --control-seed (the random control mask's seed) and --teacher")
     rt = T.runtime(cfg)
     blob = D.load(Path(data))
     with Run(cfg, "spectral", {**(tags or {}), "data_sha256": blob["sha256"]}, cfg.section("spectral")) as run:
         dd = T.Data(blob, rt.device)
-        net, _ = load_model(model, rt)
-        if mask is not None:                          # the pruned topology before any retraining
-            masks = load_mask(mask, net)
-            M.apply(models.prunable(net), {n: m.to(rt.device) for n, m in masks.items()})
+        net, _ = load_model(model, rt, cfg.prune.exclude)
         ref = load_model(teacher, rt)[0] if teacher else None
-        res = S.evaluate(net, dd, rt, cfg.spectral, teacher=ref)
+        if mask is None:
+            res = S.evaluate(net, dd, rt, cfg.spectral, teacher=ref)
+        else:                                         # the pruned topology before any retraining
+            masks = load_mask(mask, net, cfg.prune.exclude)
+            res = SG.evaluate_topologies(net, masks, control_seed, dd, rt, cfg.spectral, ref)
         res.update({k: str(v) for k, v in (tags or {}).items()}, experiment=cfg.name, hardware=hardware())
         heat = res.pop("heatmap")
         io.save({"kind": "heatmap", "heatmap": heat}, _sibling(out, Path(out).stem + "_heatmap.pt"))

@@ -163,10 +163,19 @@ class Recipe:
     snapshots: list[int] = field(default_factory=list)   # epochs whose weights are kept (rewinding)
 
 
+def drop_epoch(fraction: float, epochs: int) -> int:
+    """The epoch where a drop at `fraction` of the schedule takes effect: floor(f * epochs + 0.5), halves
+    rounded up (Python's round() rounds them to even: 0.5 x 5 = 2.5 would give epoch 2, not 3). The
+    round(.., 9) keeps the decimal product (0.7 * 5 = 3.4999999999999996 in floats) from rounding down."""
+    return math.floor(round(fraction * epochs, 9) + 0.5)
+
+
 def lr_at(r: Round, epoch: int) -> float:
+    """The lr of `epoch` of a round: x gamma from each drop epoch on. lth rounds start at schedule_offset
+    (the rewind epoch) of the dense schedule of schedule_epochs epochs."""
     total = r.schedule_epochs or r.epochs
     e = epoch + r.schedule_offset
-    return r.lr * r.gamma ** sum(e >= round(f * total) for f in r.lr_drops)
+    return r.lr * r.gamma ** sum(e >= drop_epoch(f, total) for f in r.lr_drops)
 
 
 # -------------------------------------------------------------------------------------------- the loop

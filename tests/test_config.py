@@ -89,6 +89,14 @@ CASES = {
     "wrong-type-epochs": (_const({"train": {"epochs": "ten"}}), "train.epochs"),
     "wrong-type-compile": (_const({"runtime": {"compile": "yes"}}), "runtime.compile"),
     "deterministic-maybe": (_const({"runtime": {"deterministic": "maybe"}}), "runtime.deterministic"),
+    # lth trains from epoch k to the end of the 2 smoke epochs: k = 2 leaves nothing to train
+    "lth-rewind-at-the-end": (_const({"train": {"save_epochs": [0, 2]}, "lth": {"rewind_epoch": 2}}),
+                              "lth.rewind_epoch"),
+    "lth-rewind-not-saved": (_const({"train": {"save_epochs": [0]}}), "lth.rewind_epoch"),
+    "lth-init-without-epoch-0": (_const({"train": {"save_epochs": [1]}}), "train.save_epochs"),
+    "bn-batches-0": (_const({"spectral": {"bn_batches": 0}}), "spectral.bn_batches"),
+    "equivalence-margin-0": (_const({"report": {"equivalence_margin": 0}}), "report.equivalence_margin"),
+    "chance-margin-negative": (_const({"report": {"chance_margin": -1}}), "report.chance_margin"),
 }
 # As subprocesses: 16 distinct cases, 3 of them through a real training stage with plausible arguments.
 # The CLI maps a ConfigError to exit 2 the same way whatever the key, so every case is ALSO checked

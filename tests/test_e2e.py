@@ -85,7 +85,7 @@ def test_mlflow_has_one_finished_run_per_job(smoke):
     assert len(runs) == _jobs(repo / "configs" / "smoke.yaml")
     assert {r.info.status for r in runs} == {"FINISHED"}
     stages = [r.data.tags["stage"] for r in runs]
-    assert stages.count("retrain") == 11 and stages.count("report") == 1
+    assert stages.count("retrain") == 12 and stages.count("report") == 1
     for r in runs:
         if r.data.tags["stage"] in ("retrain", "train_dense", "spectral"):
             assert {"dataset", "arch", "seed", "sparsity", "method", "git_commit", "data_sha256"} <= set(r.data.tags)

@@ -94,6 +94,25 @@ def test_random_like_is_deterministic_per_seed():
     assert any(not torch.equal(a[n], c[n]) for n in mask)
 
 
+def test_random_like_counts_and_seeds_against_hand_made_masks():
+    # Zeros per layer written here: a 3 of 10, b 10 of 16, c none of 3, d all 4.
+    mask = {"a.weight": torch.tensor([[1, 0, 1, 1, 0], [1, 1, 0, 1, 1]], dtype=torch.bool),
+            "b.weight": torch.tensor([1, 1, 1, 1, 1, 1] + [0] * 10, dtype=torch.bool).view(4, 4),
+            "c.weight": torch.ones(3, dtype=torch.bool), "d.weight": torch.zeros(2, 2, dtype=torch.bool)}
+    expected = {"a.weight": 3, "b.weight": 10, "c.weight": 0, "d.weight": 4}
+    masks = [M.random_like(mask, seed) for seed in range(20)]
+    for rnd in masks:
+        assert zeros(rnd) == expected
+        assert {n: tuple(m.shape) for n, m in rnd.items()} == {n: tuple(m.shape) for n, m in mask.items()}
+        assert all(m.dtype == torch.bool for m in rnd.values())
+    # the same seed gives the same mask; 20 seeds give many patterns (C(16, 10) = 8008 for b)
+    assert all(torch.equal(masks[3][n], M.random_like(mask, 3)[n]) for n in mask)
+    assert len({tuple(m["b.weight"].flatten().tolist()) for m in masks}) >= 15
+    # the pattern depends on the counts and the seed only, not on where the given mask's zeros are
+    moved = {n: m.flatten().flip(0).view(m.shape) for n, m in mask.items()}
+    assert all(torch.equal(M.random_like(moved, 5)[n], masks[5][n]) for n in mask)
+
+
 # ---------------------------------------------------------------------------------- iterative pruning
 
 

@@ -1,6 +1,6 @@
 """Retraining methods (pipeline/methods.py) run through the real training loop (pipeline/train.py) on a
 quarter-width resnet20 and 64 synthetic images: exact sparsity, masks held after every step, rounds, rewinding,
-the GMP schedule, the random control, and KD = Fourier KD at the full band."""
+the GMP schedule, the random control, the lr schedule, and what the distillation losses feed where."""
 from __future__ import annotations
 
 import dataclasses
@@ -159,8 +159,11 @@ def test_random_matches_mbp_per_layer_counts_not_its_pattern(trained):
     res, _, ctx = trained("random")
     assert {n: int((~m).sum()) for n, m in res["masks"].items()} == {n: int((~m).sum()) for n, m in ctx.mask.items()}
     assert any(not torch.equal(res["masks"][n], ctx.mask[n]) for n in ctx.mask)
-    expected = M.random_like(ctx.mask, seed=ctx.seed)           # deterministic: the seed's random mask
-    assert all(torch.equal(res["masks"][n], expected[n]) for n in ctx.mask)
+    # the mask comes from the model's seed: the same seed gives the same mask, another seed another one
+    again = MT.random(ctx).rounds[0].begin(net(seed=3), None)
+    other = MT.random(dataclasses.replace(ctx, seed=ctx.seed + 1)).rounds[0].begin(net(seed=3), None)
+    assert all(torch.equal(res["masks"][n], again[n]) for n in ctx.mask)
+    assert sum(not torch.equal(res["masks"][n], other[n]) for n in ctx.mask) >= len(ctx.mask) // 2
 
 
 def test_fourier_kd_logs_its_radius_schedule(trained):
@@ -177,10 +180,11 @@ def test_fourier_kd_logs_its_radius_schedule(trained):
 
 
 @pytest.mark.parametrize("method,epochs_per_round", [("imp", CFG.imp.epochs_per_round),
-                                                     ("lth", CFG.train.epochs - CFG.lth.rewind_epoch)])
+                                                     ("lth", CFG.train.epochs - CFG.lth.rewind_epoch),
+                                                     ("lth_init", CFG.train.epochs)])
 def test_iterative_methods_reach_the_target_in_the_planned_rounds(trained, method, epochs_per_round):
     res, _, _ = trained(method)
-    rounds = getattr(CFG, method).rounds
+    rounds = (CFG.imp if method == "imp" else CFG.lth).rounds
     assert res["epochs"] == rounds * epochs_per_round
     assert [h["round"] for h in res["history"]] == [r for r in range(rounds) for _ in range(epochs_per_round)]
     n = total(res["masks"])
@@ -216,6 +220,40 @@ def test_lth_begin_rewinds_survivors_to_the_saved_weights():
                 p.add_(torch.randn_like(p))
 
 
+# ---------------------------------------------------------------------------------------- lr schedule
+
+
+def test_lr_drops_round_halves_up():
+    assert [T.drop_epoch(f, 160) for f in (0.5, 0.75)] == [80, 120]
+    assert [T.drop_epoch(f, 3) for f in (0.5, 0.75)] == [2, 2]    # 1.5 -> 2, 2.25 -> 2
+    assert T.drop_epoch(0.5, 5) == 3                              # 2.5 -> 3 (round() gives 2)
+    assert T.drop_epoch(0.7, 5) == 4                              # 3.5 (3.4999999999999996 in floats) -> 4
+    assert T.drop_epoch(0.5, 2) == 1 and T.drop_epoch(0.75, 2) == 2
+
+
+def test_lr_at_every_epoch():
+    r = T.Round(5, 0.1, [0.5, 0.7], 0.1)                          # drops at epochs 3 and 4
+    assert [T.lr_at(r, e) for e in range(5)] == [0.1, 0.1, 0.1, 0.1 * 0.1, 0.1 * 0.1 ** 2]
+    one = T.Round(3, 0.01, [0.5], 0.2)                            # cifar10_jpeg: one drop, at epoch 2
+    assert [T.lr_at(one, e) for e in range(3)] == [0.01, 0.01, 0.01 * 0.2]
+
+
+@pytest.mark.parametrize("method,k", [("lth", 3), ("lth_init", 0)])
+def test_lth_rounds_resume_the_dense_schedule_at_the_rewind_epoch(method, k):
+    cfg = config.load()                                           # the paper: 160 epochs, drops at 80 and 120
+    assert cfg.lth.rewind_epoch == 3 and 3 in cfg.train.save_epochs and 0 in cfg.train.save_epochs
+    ctx = MT.Context(cfg, S, 0, {}, {}, {0: {}, 3: {}})
+    rounds = MT.METHODS[method](ctx).rounds
+    assert len(rounds) == cfg.lth.rounds and MT.rewind_epoch(cfg, method) == k
+    for r in rounds:
+        assert (r.epochs, r.schedule_offset, r.schedule_epochs) == (160 - k, k, 160)
+        lrs = [T.lr_at(r, e) for e in range(r.epochs)]
+        # round epoch e is dense epoch e + k: lr 0.1 up to dense epoch 79, 0.01 to 119, 0.001 after
+        assert lrs[79 - k] == 0.1 and lrs[80 - k] == 0.1 * 0.1 and lrs[119 - k] == 0.1 * 0.1
+        assert lrs[120 - k] == 0.1 * 0.1 ** 2 and lrs[-1] == 0.1 * 0.1 ** 2
+        assert lrs.count(0.1) == 80 - k and lrs.count(0.1 * 0.1) == 40
+
+
 # ------------------------------------------------------------------------------------------------ gmp
 
 
@@ -244,16 +282,76 @@ def test_gmp_follows_the_cubic_schedule(trained):
 # ------------------------------------------------------------------------------------------------- kd
 
 
-def test_kd_equals_fourier_kd_at_the_full_band(data):
-    ctx = context()
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 4, (8,), generator=g)
-    student = net(seed=0).eval()
+class Recorder(torch.nn.Module):
+    """A linear classifier that records every input it is called on and the logits it returned."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc = torch.nn.Linear(3 * 32 * 32, 4)
+        self.calls = []
+
+    def forward(self, x):
+        out = self.fc(x.flatten(1))
+        self.calls.append((x.detach().clone(), out.detach().clone()))
+        return out
+
+
+def _kd_by_hand(t_logits, s_filtered, s_unfiltered, y, T, alpha):
+    t, sf, s = t_logits.double(), s_filtered.double(), s_unfiltered.double()
+    p_t = torch.softmax(t / T, 1)
+    kl = (p_t * (torch.log_softmax(t / T, 1) - torch.log_softmax(sf / T, 1))).sum(1).mean()
+    return alpha * T * T * kl + (1 - alpha) * torch.nn.functional.cross_entropy(s, y)
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 4, (8,), generator=g)
+
+
+@pytest.mark.parametrize("method,band", [("fourier_kd", "low"), ("fourier_kd_reverse", "high")])
+def test_fourier_kd_feeds_the_filtered_batch_to_teacher_and_kl_the_unfiltered_to_cross_entropy(data, method, band):
+    teacher, student = Recorder(1), Recorder(2)
+    ctx = dataclasses.replace(context(), teacher=teacher)
     d = CFG.distill
-    plain = MT.kd_loss(ctx.teacher, d.T, d.alpha, radius_fn=None)(student, x, y, 0, data.normalize)
-    full = MT.kd_loss(ctx.teacher, d.T, d.alpha, radius_fn=lambda e: math.inf)(student, x, y, 0, data.normalize)
-    assert torch.equal(plain[0], full[0]) and torch.equal(plain[1], full[1])
-    assert math.isinf(plain[2]) and math.isinf(full[2])
+    x, y = _batch()
+    loss, logits, r = MT.METHODS[method](ctx).loss(student, x, y, 0, data.normalize)
+    top = math.hypot(16, 16)
+    assert r == (d.radius_start if band == "low" else top - d.radius_start)   # epoch 0 of the schedule
+    filtered = data.normalize(MT.fq.lowpass(x, r) if band == "low" else MT.fq.highpass(x, r))
+    assert len(teacher.calls) == 1 and torch.equal(teacher.calls[0][0], filtered)
+    assert len(student.calls) == 2                           # two student passes per step before the full band
+    assert torch.equal(student.calls[0][0], filtered)        # KL: student on the filtered batch
+    assert torch.equal(student.calls[1][0], data.normalize(x))   # CE: student on the unfiltered batch
+    assert torch.equal(logits, student.calls[1][1])          # accuracy is logged on the unfiltered batch
+    expected = _kd_by_hand(teacher.calls[0][1], student.calls[0][1], student.calls[1][1], y, d.T, d.alpha)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # the two logits differ: a loss wired the other way round would give another value
+    assert not torch.equal(student.calls[0][1], student.calls[1][1])
+    swapped = _kd_by_hand(teacher.calls[0][1], student.calls[1][1], student.calls[0][1], y, d.T, d.alpha)
+    assert loss.item() != pytest.approx(swapped.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("method,epoch", [("kd", 0), ("fourier_kd", 1)])
+def test_kd_and_fourier_kd_at_the_full_band_make_one_student_pass_on_the_unfiltered_batch(data, method, epoch):
+    teacher, student = Recorder(1), Recorder(2)
+    ctx = dataclasses.replace(context(), teacher=teacher)
+    x, y = _batch()
+    loss, logits, r = MT.METHODS[method](ctx).loss(student, x, y, epoch, data.normalize)
+    assert math.isinf(r)                                     # kd: no schedule; fourier_kd: epoch 1 is the full band
+    assert [torch.equal(c[0], data.normalize(x)) for c in teacher.calls + student.calls] == [True, True]
+    expected = _kd_by_hand(teacher.calls[0][1], logits, logits, y, CFG.distill.T, CFG.distill.alpha)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_freq_ce_is_cross_entropy_on_the_low_passed_batch_without_a_teacher(data):
+    teacher, student = Recorder(1), Recorder(2)
+    ctx = dataclasses.replace(context(), teacher=teacher)
+    x, y = _batch()
+    loss, logits, r = MT.freq_ce(ctx).loss(student, x, y, 0, data.normalize)
+    assert r == CFG.distill.radius_start and teacher.calls == []
+    assert len(student.calls) == 1 and torch.equal(student.calls[0][0], data.normalize(MT.fq.lowpass(x, r)))
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits.double(), y).item(), rel=1e-6)
 
 
 def test_kd_recipe_equals_fourier_kd_recipe_once_the_schedule_is_full(data):

@@ -40,6 +40,7 @@ EXPERIMENT = dict(
            "save_epochs": [0, 2]},                  # epoch 2: a snapshot taken after a resume too
     retrain={"epochs": 2, "lr": 0.01},
     imp={"rounds": IMP_ROUNDS, "epochs_per_round": IMP_EPOCHS},
+    lth={"rewind_epoch": 2},
     runtime={"threads": 1, "device": "cpu", "deterministic": True},
 )
 SPARSITY = 0.8

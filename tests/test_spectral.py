@@ -86,6 +86,54 @@ def test_evaluate_reports_plain_test_accuracy_at_the_full_band(data, model):
     assert out["heatmap"].shape == (32, 32) and out["heatmap_images"] == 2
 
 
+def cosine_data() -> T.Data:
+    """4 test images: 2 grey, 2 grey plus a cosine at frequency (3, -5) (distance sqrt(34) = 5.83 bins)."""
+    u = S.basis(3, -5) * 32 * 40                           # amplitude ~ 40 grey levels
+    grey = torch.full((4, 3, 32, 32), 128.0)
+    grey[2:] += u
+    x = grey.round().clamp(0, 255).to(torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    return T.Data({"train_x": torch.randint(0, 256, (8, 3, 32, 32), generator=g, dtype=torch.uint8),
+                   "train_y": torch.zeros(8, dtype=torch.long), "val_x": x, "val_y": torch.zeros(4, dtype=torch.long),
+                   "test_x": x, "test_y": torch.tensor([0, 0, 1, 1]), "classes": ["a", "b"]}, "cpu")
+
+
+def test_agreement_of_two_different_models_by_hand():
+    # The model detects energy at (3, -5) (class 1); the teacher always says class 1. Counted by hand:
+    # low-pass keeps (3, -5) from radius 5.83 on, high-pass below it; only images 2 and 3 have it, so the
+    # model says 1 on 2 of 4 images exactly where the band holds the cosine, else 0 on all 4.
+    spec = SpectralCfg(radii=[1, 4, 8, 16], filter="circle", batch_size=64, heatmap_images=1, heatmap_eps=4.0)
+    out = S.evaluate(Detector(3, -5), cosine_data(), RT, spec, teacher=Constant([0.0, 1.0]))
+    assert out["low_agree"] == [0.0, 0.0, 0.5, 0.5, 0.5]
+    assert out["high_agree"] == [0.5, 0.5, 0.0, 0.0, 0.0]
+    assert out["low_acc"] == [0.5, 0.5, 1.0, 1.0, 1.0]      # labels 0, 0, 1, 1
+    assert out["high_acc"] == [1.0, 1.0, 0.5, 0.5, 0.5]
+
+
+class AutocastSpy(nn.Module):
+    """Records whether autocast was on, and the input dtype, at every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 32 * 32, 4)
+        self.seen = set()
+
+    def forward(self, x):
+        self.seen.add((torch.is_autocast_enabled("cpu"), x.dtype))
+        return self.fc(x.flatten(1))
+
+
+def test_spectral_evaluation_runs_in_fp32_even_where_training_uses_bf16(data):
+    bf16 = T.Runtime(torch.device("cpu"), amp=True, channels_last=False, compile=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16.amp):     # what training would do
+        assert torch.is_autocast_enabled("cpu")
+    model, teacher = AutocastSpy(), AutocastSpy()
+    spec = SpectralCfg(radii=[1, 4], filter="circle", batch_size=64, heatmap_images=2, heatmap_eps=4.0)
+    S.evaluate(model, data, bf16, spec, teacher=teacher)
+    assert model.seen == teacher.seen == {(False, torch.float32)}
+    assert S.fp32(bf16).amp is False and bf16.amp is True                   # the caller's runtime is untouched
+
+
 # ------------------------------------------------------------------------------------ the Fourier basis
 
 
