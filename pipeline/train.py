@@ -149,6 +149,7 @@ class Round:
     schedule_offset: int = 0          # lth: the lr schedule resumes at the rewind epoch
     schedule_epochs: int | None = None
     begin: Callable | None = None     # begin(model, masks) -> masks: prune / rewind at the round's start
+    level: float | None = None        # an iterative chain's level (a grid sparsity) this round completes
 
 
 @dataclass
@@ -198,7 +199,7 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
     step_model = torch.compile(model) if rt.compile else model
     g = torch.Generator().manual_seed(seed)
     masks = _to(recipe.masks, rt.device)
-    start_round, start_epoch, history, snapshots = 0, 0, [], {}
+    start_round, start_epoch, history, snapshots, levels = 0, 0, [], {}, {}
     if ckpt.exists():
         state = io.load(ckpt, "checkpoint", keys=("key", "round", "epoch", "model", "optimizer", "rng"))
         _refuse_other_key(ckpt, state["key"], key)
@@ -207,7 +208,7 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
         g.set_state(state["rng"]["data"])
         torch.set_rng_state(state["rng"]["torch"])
         start_round, start_epoch = state["round"], state["epoch"]
-        history, snapshots = state["history"], state["snapshots"]
+        history, snapshots, levels = state["history"], state["snapshots"], state.get("levels", {})
     else:
         state = None
     total_epochs = sum(r.epochs for r in recipe.rounds[:start_round]) + start_epoch
@@ -244,12 +245,16 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
             if ri == 0 and epoch + 1 in recipe.snapshots:
                 snapshots[epoch + 1] = _state_dict(model)
             log(total_epochs, metrics)
+            if rnd.level is not None and epoch + 1 == rnd.epochs:     # a chain's level: kept, and checkpointed
+                levels[rnd.level] = {"model": _state_dict(model), "masks": {n: m.cpu() for n, m in masks.items()},
+                                     "rounds": ri + 1, "epochs": total_epochs}
             io.save({"kind": "checkpoint", "key": key, "round": ri, "epoch": epoch + 1, "model": _state_dict(model),
                      "optimizer": opt.state_dict(), "rng": _rng_state(g), "history": history,
                      "masks": None if masks is None else {n: m.cpu() for n, m in masks.items()},
-                     "snapshots": snapshots, "run_id": run_id}, ckpt)
+                     "snapshots": snapshots, "levels": levels, "run_id": run_id}, ckpt)
         state = None
-    return {"model": model, "masks": masks, "history": history, "epochs": total_epochs, "snapshots": snapshots}
+    return {"model": model, "masks": masks, "history": history, "epochs": total_epochs, "snapshots": snapshots,
+            "levels": levels}
 
 
 def _refuse_other_key(ckpt: Path, found: str, key: str) -> None:
