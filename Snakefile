@@ -12,9 +12,11 @@
 
 configfile: "params.yaml"
 
-from pipeline.config import METHOD_PARAMS, validate    # torch-free: a no-op rerun stays fast
+from pipeline.config import METHOD_PARAMS, check_snakemake    # torch-free: a no-op rerun stays fast
 
-CFG = validate(config)               # the whole config is checked before any job starts
+# The whole config is checked before any job starts, as `python -m pipeline` checks it (the experiment's
+# name included), and must be what the jobs will load with --experiment.
+CFG = check_snakemake(config, workflow.configfiles)
 EXPERIMENT = CFG.name
 RUNS = f"runs/{EXPERIMENT}"
 REPORT = CFG.report.dir

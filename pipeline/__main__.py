@@ -1,7 +1,9 @@
 """`python -m pipeline <stage> [--experiment NAME] ...`: the entry points the Snakefile and dvc.yaml call.
 
-Exit status: 0 done; 2 bad configuration or arguments (nothing computed); 3 a corrupt, foreign or missing
-input file (named in the message); 1 anything else.
+Exit status: 0 done; 2 bad configuration or arguments, the tracking URI included (nothing computed); 3 a
+corrupt, foreign, tampered or missing input file (named in the message); 4 another copy of the same job is
+running (named in the message); 1 anything else (a training loss that became NaN or infinite among them:
+the message names the epoch and step, and no model is written).
 """
 from __future__ import annotations
 
@@ -9,7 +11,11 @@ import argparse
 import sys
 
 from .config import ConfigError, load
-from .errors import CorruptFile
+from .errors import Busy, CorruptFile, Diverged
+
+# What the CLI answers, instead of a traceback, for each error a stage raises on purpose.
+EXITS = {ConfigError: ("config error", 2), CorruptFile: ("input error", 3), Busy: ("busy", 4),
+         Diverged: ("training diverged", 1)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,10 +61,6 @@ def main(argv=None) -> int:
         if args.stage == "validate":
             print(f"ok: experiment {cfg.name}")
             return 0
-        if args.stage == "report":
-            from .report import report
-            report(cfg)
-            return 0
         if args.stage == "export_dvc":
             from .dag import export_dvc
             sys.stdout.write(export_dvc(args.experiment))
@@ -72,6 +74,12 @@ def main(argv=None) -> int:
                 raise CorruptFile(f"--throughput {path}: {e}") from None
             sys.stdout.write(plan(cfg, args.experiment, measured))
             return 0
+        from .tracking import check_uri
+        check_uri(cfg)                              # before any compute: every job records itself there
+        if args.stage == "report":
+            from .report import report
+            report(cfg)
+            return 0
         from . import stages
         if args.stage == "spectral":
             tags = dict(t.split("=", 1) for t in kw.pop("tag"))
@@ -79,13 +87,10 @@ def main(argv=None) -> int:
         else:
             getattr(stages, args.stage)(cfg, **kw)
         return 0
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except CorruptFile as e:
-        print(f"input error: {e}", file=sys.stderr)
-        return 3
-
+    except tuple(EXITS) as e:
+        label, code = next(v for t, v in EXITS.items() if isinstance(e, t))
+        print(f"{label}: {e}", file=sys.stderr)
+        return code
 
 if __name__ == "__main__":
     sys.exit(main())

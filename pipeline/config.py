@@ -221,10 +221,43 @@ def load(experiment: str | None = None, params: str | Path = ROOT / "params.yaml
     if (p := experiment_path(experiment)) is not None:
         raw = merge(raw, read_yaml(p))
     cfg = validate(raw)
-    if p is not None and cfg.name != p.stem:
+    if p is not None:
+        _check_name(cfg, p)
+    return cfg
+
+
+def check_snakemake(config: dict, configfiles) -> Config:
+    """The Snakefile's check: `config` as Snakemake merged it (params.yaml, every --configfile, --config),
+    with the same checks as `load`, the experiment's name included; and it must be exactly what the stages
+    will load with `--experiment <name>` (a second --configfile or a --config override that the stages would
+    not see is refused, naming the keys: Snakemake would record parameters the jobs never used)."""
+    cfg = validate(config)
+    files = [Path(f) for f in configfiles if Path(f).resolve() != (ROOT / "params.yaml").resolve()]
+    if files:
+        _check_name(cfg, files[-1])
+    stages = load(None if cfg.name == "paper" else cfg.name)
+    if stages != cfg:
+        ours, theirs = _flat(dataclasses.asdict(cfg)), _flat(dataclasses.asdict(stages))
+        keys = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        where = experiment_path(None if cfg.name == "paper" else cfg.name) or ROOT / "params.yaml"
+        raise ConfigError(f"{', '.join(keys)}: Snakemake's config ({' + '.join(map(str, configfiles))} and any "
+                          f"--config) differs from what the jobs load with --experiment {cfg.name} ({where}): "
+                          f"{', '.join(f'{k} = {ours.get(k)!r} vs {theirs.get(k)!r}' for k in keys[:5])}. "
+                          f"Put every setting in the experiment file")
+    return cfg
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_name(cfg: Config, p: Path) -> None:
+    if cfg.name != p.stem:
         raise ConfigError(f"name = {cfg.name!r} in {p}: must equal the experiment's file name {p.stem!r} "
                           f"(outputs, MLflow experiment and the Snakefile all use it)")
-    return cfg
 
 
 def validate(raw: dict) -> Config:
@@ -262,6 +295,8 @@ def _coerce(tp, value, key: str):
         return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} = {value!r}: must be a finite number")
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool) \
             or not isinstance(value, tp):
         raise ConfigError(f"{key} = {value!r}: wrong type {type(value).__name__}, expected {_type_name(tp)}")

@@ -126,12 +126,14 @@ def prepare(cfg: Config, dataset: str, out: Path) -> dict:
 
 def load(path: Path) -> dict:
     """Load a prepared dataset after checking its checksum against the description written beside it."""
-    info = io.read_json(Path(str(path) + ".json"))
+    info = io.read_json(Path(str(path) + ".json"), keys=("sha256",))
+    if not isinstance(info["sha256"], str):
+        raise io.CorruptFile(f"{path}.json: sha256 = {info['sha256']!r} is not a checksum string; rerun prepare")
     if not Path(path).is_file():
         raise io.CorruptFile(f"{path}: prepared dataset is missing (run the prepare stage)")
     digest = io.sha256(path)
-    if digest != info.get("sha256"):
-        raise io.CorruptFile(f"{path}: checksum {digest[:12]} does not match {info.get('sha256', '')[:12]} "
+    if digest != info["sha256"]:
+        raise io.CorruptFile(f"{path}: checksum {digest[:12]} does not match {info['sha256'][:12]} "
                              f"in {path}.json: the prepared dataset was changed or damaged; rerun prepare")
     blob = io.load(path, "dataset", keys=("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"))
     blob["sha256"] = digest

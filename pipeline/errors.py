@@ -3,3 +3,11 @@
 
 class CorruptFile(RuntimeError):
     """A truncated, foreign, tampered or missing input file: the message names it (exit status 3)."""
+
+
+class Busy(RuntimeError):
+    """Another copy of the same job holds its checkpoint: the message names it (exit status 4)."""
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss: the message names the epoch and step (exit status 1)."""

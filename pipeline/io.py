@@ -1,16 +1,34 @@
 """Files: atomic writes (temp file then rename, so a killed job never leaves a half-written output that
-Snakemake or DVC would take for done), safe checkpoint loading, checksums."""
+Snakemake or DVC would take for done), checksummed saving and safe loading, exclusive job locks.
+
+Every file written by `save` carries the sha256 of its own content (every tensor's bytes, every field), and
+`load` recomputes it: a flipped bit anywhere in a model, mask, snapshot, heat map or checkpoint is an input
+error naming the file, never a silently wrong number. `load(..., expect={...})` also checks the fields a
+reading stage relies on (arch, width, classes, the producing job's parameters digest).
+"""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 
 import torch
 
-from .errors import CorruptFile  # noqa: F401 - re-exported: io.CorruptFile is what stages raise
+from .errors import Busy, CorruptFile  # noqa: F401 - re-exported: io.CorruptFile is what stages raise
+
+CHECKSUM = "sha256"   # the key under which `save` embeds the checksum of everything else in the file
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _atomic(path: Path, write) -> None:
@@ -18,6 +36,7 @@ def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())     # mkstemp makes 0600; an output honours the umask like open()
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -28,7 +47,36 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def save(obj, path) -> None:
+def content_sha256(obj) -> str:
+    """The sha256 of a nested structure of dicts, lists, tensors and scalars: every tensor's dtype, shape
+    and bytes, every key and scalar. Independent of how torch.save lays out the file."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for k in sorted(obj, key=repr):
+            h.update(f"{k!r}=".encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}:".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"S{obj!r};".encode())
+
+
+def save(obj: dict, path) -> None:
+    """torch.save of a dict with its content checksum embedded (verified by `load`), atomically."""
+    obj = {k: v for k, v in obj.items() if k != CHECKSUM}
+    obj[CHECKSUM] = content_sha256(obj)
     _atomic(path, lambda f: torch.save(obj, f))
 
 
@@ -40,18 +88,26 @@ def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path) -> dict:
+def read_json(path, keys=()):
+    """A JSON file holding an object with `keys` (or, with keys=None, any JSON value)."""
     try:
-        return json.loads(Path(path).read_text())
+        obj = json.loads(Path(path).read_bytes())
     except FileNotFoundError:
         raise CorruptFile(f"{path}: file is missing") from None
-    except json.JSONDecodeError as e:
-        raise CorruptFile(f"{path}: not valid JSON ({e})") from None
+    except (ValueError, OSError) as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CorruptFile(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    if keys is not None:
+        if not isinstance(obj, dict):
+            raise CorruptFile(f"{path}: expected a JSON object, found {type(obj).__name__}")
+        if missing := [k for k in keys if k not in obj]:
+            raise CorruptFile(f"{path}: missing keys {missing}")
+    return obj
 
 
-def load(path, kind: str, keys=()) -> dict:
-    """torch.load with weights_only=True (no code runs from a file); a truncated or foreign file gives an
-    error naming it and what was expected, never a bare stack trace."""
+def load(path, kind: str, keys=(), expect: dict | None = None) -> dict:
+    """torch.load with weights_only=True (no code runs from a file); a truncated, foreign or tampered file
+    (checksum mismatch) gives an error naming it and what was expected, never a bare stack trace. `expect`:
+    fields that must hold these values (e.g. {"arch": "resnet20"}) for the reading job."""
     path = Path(path)
     if not path.is_file():
         raise CorruptFile(f"{path}: {kind} file is missing")
@@ -60,9 +116,21 @@ def load(path, kind: str, keys=()) -> dict:
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise CorruptFile(f"{path}: not a readable {kind} file (truncated or foreign?): "
                           f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}") from None
-    if not isinstance(obj, dict) or obj.get("kind") != kind or any(k not in obj for k in keys):
+    if not isinstance(obj, dict) or obj.get("kind") != kind:
         found = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__
         raise CorruptFile(f"{path}: expected a {kind} file, found {found!r}")
+    stored = obj.pop(CHECKSUM, None)
+    if stored is None:
+        raise CorruptFile(f"{path}: {kind} file carries no checksum (not written by this pipeline, or by a "
+                          f"version before checksums); rerun the stage that writes it")
+    if (actual := content_sha256(obj)) != stored:
+        raise CorruptFile(f"{path}: checksum {actual[:12]} does not match the {str(stored)[:12]} it was "
+                          f"written with: the {kind} file was changed or damaged; rerun the stage that writes it")
+    if missing := [k for k in keys if k not in obj]:
+        raise CorruptFile(f"{path}: {kind} file lacks {missing}")
+    for k, want in (expect or {}).items():
+        if obj.get(k) != want:
+            raise CorruptFile(f"{path}: {kind} file has {k} = {obj.get(k)!r}, this job expects {want!r}")
     return obj
 
 
@@ -72,3 +140,75 @@ def sha256(path, chunk: int = 1 << 22) -> str:
         while b := f.read(chunk):
             h.update(b)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive(path):
+    """Hold an exclusive lock on `path` (a job's checkpoint) for the block: a second copy of the same job
+    raises Busy naming the holder (pid, host) at once, instead of sharing the checkpoint. The lock is an
+    flock on `path`.lock, released by the kernel when its holder exits, even on SIGKILL."""
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise Busy(f"{path}: another copy of this job is running ({holder}); wait for it to finish, "
+                       f"or stop it and rerun") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class Staged:
+    """A set of files built in a temporary folder inside `target` and published whole: `with Staged(t) as
+    s:` write into s.folder; on success every entry (file or folder) replaces its namesake in `target`; on an
+    exception nothing in `target` changes. Publishing follows a manifest written once everything is built,
+    so a publish interrupted by a kill is completed by the next Staged on the same target (and a build
+    interrupted by a kill is discarded)."""
+
+    PREFIX, MANIFEST = ".staged-", "MANIFEST"
+
+    def __init__(self, target):
+        self.target = Path(target)
+        self.target.mkdir(parents=True, exist_ok=True)
+        for old in sorted(self.target.glob(self.PREFIX + "*")):
+            if (old / self.MANIFEST).is_file():
+                self._publish(old)
+            else:
+                shutil.rmtree(old, ignore_errors=True)
+        self.folder = Path(tempfile.mkdtemp(dir=self.target, prefix=self.PREFIX))
+
+    def __enter__(self):
+        return self.folder
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            names = sorted(p.name for p in self.folder.iterdir())
+            write_json(self.folder / self.MANIFEST, names)
+            self._publish(self.folder)
+        else:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        return False
+
+    def _publish(self, folder: Path) -> None:
+        for name in read_json(folder / self.MANIFEST, keys=None):
+            new, dst = folder / name, self.target / name
+            if not new.exists():
+                continue                                  # published before an interruption
+            if new.is_dir():
+                if dst.exists():                          # a folder cannot replace a folder in one rename
+                    os.rename(dst, folder / f".old-{name}")
+                os.rename(new, dst)
+            else:
+                os.replace(new, dst)
+        shutil.rmtree(folder, ignore_errors=True)

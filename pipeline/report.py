@@ -52,12 +52,13 @@ def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                                runs / f"retrain/{ds}/{arch}/seed{seed}/s{s}/{m}/metrics.json", sp / f"{m}.json"))
         for key, metrics, spectral in models:
             if metrics is not None:
-                m = io.read_json(metrics)
+                m = io.read_json(metrics, keys=("val_acc", "test_acc", "nonzero_weights", "weights", "epochs",
+                                                "train_seconds", "hardware"))
                 rows.append({**key, "group": _group(key["method"]), "val_acc": m["val_acc"],
                              "test_acc": m["test_acc"], "test_agreement": m.get("test_agreement", 1.0),
                              "nonzero_weights": m["nonzero_weights"], "weights": m["weights"],
                              "epochs": m["epochs"], "train_seconds": m["train_seconds"], "hardware": m["hardware"]})
-            sj = io.read_json(spectral)
+            sj = io.read_json(spectral, keys=("radii", "filter", "low_acc", "high_acc", "heatmap_seconds"))
             # the pruned topology's json also holds its controlled variants (signature.py): one row set each
             for k, v in [(key, sj)] + [(dict(key, method=n), v) for n, v in sj.get("variants", {}).items()]:
                 for band in ("low", "high"):
@@ -263,10 +264,13 @@ def signature(spec: pd.DataFrame, ds, arch, radii: list[float]) -> tuple[str, di
 
 
 def report(cfg: Config) -> None:
-    out = resolve_path(cfg.report.dir)
+    """Written into a temporary folder and published whole (io.Staged): a report that fails part-way leaves
+    the previous one as it was, never a mix of old and new files."""
+    staged = io.Staged(resolve_path(cfg.report.dir))
+    out = staged.folder
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    with Run(cfg, "report", {}, cfg.section("report", "grid")) as run:
+    with staged, Run(cfg, "report", {}, cfg.section("report", "grid")) as run:
         summary, spec = collect(cfg)
         summary = summary.sort_values(["dataset", "arch", "sparsity", "method", "seed"])
         io.write_text(out / "summary.csv", summary.to_csv(index=False))

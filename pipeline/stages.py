@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -53,15 +52,26 @@ def check_job(cfg: Config, dataset=None, arch=None, seed=None, sparsity=None, me
 
 
 def _model_file(model, arch, classes, cfg: Config, masks=None, **extra) -> dict:
-    return {"kind": "model", "arch": arch, "classes": classes, "width": cfg.model.width,
-            "state": T._state_dict(model), "masks": None if masks is None else {n: m.cpu() for n, m in masks.items()},
-            **extra}
+    return {"kind": "model", **_identity(arch, classes, cfg), "state": T._state_dict(model),
+            "masks": None if masks is None else {n: m.cpu() for n, m in masks.items()}, **extra}
 
 
-def load_model(path, rt: T.Runtime | None = None, exclude=()):
+def _identity(arch, classes, cfg: Config) -> dict:
+    """What every model, mask and snapshot file records about its network, checked by the reading job."""
+    return {"arch": arch, "classes": classes, "width": cfg.model.width}
+
+
+def _dense_key(cfg: Config, dataset, arch, seed, data_sha256) -> str:
+    """The dense job's parameters digest: its checkpoint's name, and the `job` field of what it writes."""
+    return digest({"stage": "dense", "dataset": dataset, "arch": arch, "seed": seed, "data": data_sha256,
+                   **cfg.section("model", "train", "runtime")})
+
+
+def load_model(path, rt: T.Runtime | None = None, expect: dict | None = None, exclude=()):
     """A saved model (dense or pruned), rebuilt; its masks checked against the architecture's prunable
-    weights (less the `exclude`d layers, prune.exclude)."""
-    blob = io.load(path, "model", keys=("arch", "classes", "width", "state"))
+    weights (less the `exclude`d layers, prune.exclude); `expect`: fields (arch, classes, width, job) that
+    must match what the reading job expects."""
+    blob = io.load(path, "model", keys=("arch", "classes", "width", "state"), expect=expect)
     net = models.build(blob["arch"], blob["classes"], blob["width"])
     try:
         net.load_state_dict(blob["state"])
@@ -72,8 +82,8 @@ def load_model(path, rt: T.Runtime | None = None, exclude=()):
     return (T.to_device(net, rt) if rt else net), blob
 
 
-def load_mask(path, net, exclude=()) -> dict:
-    blob = io.load(path, "mask", keys=("masks",))
+def load_mask(path, net, expect: dict | None = None, exclude=()) -> dict:
+    blob = io.load(path, "mask", keys=("masks",), expect=expect)
     _check_mask(blob["masks"], net, path, exclude)
     return blob["masks"]
 
@@ -92,9 +102,8 @@ def _train(cfg, stage, recipe, net, data, rt, seed, key, run: Run):
 
     def log(step, metrics):
         run.log_metrics(metrics, step)
-    t0 = time.time()
     out = T.run(recipe, net, data, rt, seed, ckpt, key, log=log, run_id=run.run_id)
-    return out, ckpt, time.time() - t0
+    return out, ckpt, out["seconds"]
 
 
 def _resumed_run_id(cfg, stage, key):
@@ -117,29 +126,36 @@ def train_dense(cfg: Config, dataset: str, arch: str, seed: int, data: str, out:
     rt = T.runtime(cfg)
     blob = D.load(Path(data))
     params = cfg.section("model", "train", "runtime")
-    key = digest({"stage": "dense", "dataset": dataset, "arch": arch, "seed": seed, "data": blob["sha256"], **params})
+    key = _dense_key(cfg, dataset, arch, seed, blob["sha256"])
     tags = {"dataset": dataset, "arch": arch, "seed": seed, "method": "dense", "sparsity": 0.0,
             "data_sha256": blob["sha256"]}
-    with Run(cfg, "train_dense", tags, params, _resumed_run_id(cfg, "dense", key)) as run:
+    with io.exclusive(_checkpoint(cfg, "dense", key)), \
+            Run(cfg, "train_dense", tags, params, _resumed_run_id(cfg, "dense", key)) as run:
         dd = T.Data(blob, rt.device)
         net = models.build(arch, dd.classes, cfg.model.width, seed)
         t = cfg.train
         recipe = T.Recipe([T.Round(t.epochs, t.lr, t.lr_drops, t.gamma)], momentum=t.momentum,
                           weight_decay=t.weight_decay, batch_size=t.batch_size, snapshots=t.save_epochs)
         res, ckpt, secs = _train(cfg, "dense", recipe, net, dd, rt, seed, key, run)
-        _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, extra_files={
-            "snapshots.pt": {"kind": "snapshots", "snapshots": res["snapshots"]}})
+        _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, key, extra_files={
+            "snapshots.pt": {"kind": "snapshots", **_identity(arch, dd.classes, cfg), "job": key,
+                             "snapshots": res["snapshots"]}})
 
 
 def prune(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, dense: str, out: str) -> None:
     """Stage 1 of the paper: the topology, by global magnitude pruning of the trained dense network."""
     check_job(cfg, dataset=dataset, arch=arch, seed=seed, sparsity=sparsity)
     tags = {"dataset": dataset, "arch": arch, "seed": seed, "sparsity": sparsity, "method": "mbp"}
-    net, _ = load_model(dense)                        # inputs are checked before the MLflow run opens
+    # inputs are checked before the MLflow run opens
+    net, blob = load_model(dense, expect={"arch": arch, "width": cfg.model.width})
+    dense_sha = io.sha256(dense)
     with Run(cfg, "prune", tags, cfg.section("prune")) as run:
         masks = M.global_magnitude(models.prunable(net, cfg.prune.exclude), sparsity)
         st = M.stats(masks)
-        io.save({"kind": "mask", "arch": arch, "sparsity": sparsity, "masks": masks}, out)
+        io.save({"kind": "mask", **_identity(arch, blob["classes"], cfg), "sparsity": sparsity,
+                 "dense_sha256": dense_sha, "job": digest({"stage": "prune", "dense": dense_sha, "sparsity": sparsity,
+                                                           **cfg.section("prune")}),
+                 "masks": masks}, out)
         io.write_json(_sibling(out, "mask.json"), st)
         run.log_metrics({"sparsity": st["sparsity"], "kept": st["kept"]})
         run.log_artifact(_sibling(out, "mask.json"))
@@ -151,19 +167,25 @@ def retrain(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, me
     check_job(cfg, dataset=dataset, arch=arch, seed=seed, sparsity=sparsity, method=method)
     rt = T.runtime(cfg)
     blob = D.load(Path(data))
-    teacher, _ = load_model(dense)
-    base_mask = load_mask(mask, teacher, cfg.prune.exclude)
-    snaps = io.load(snapshots, "snapshots", keys=("snapshots",))["snapshots"]
+    dense_key = _dense_key(cfg, dataset, arch, seed, blob["sha256"])
+    made = {**_identity(arch, len(blob["classes"]), cfg), "job": dense_key}   # by this experiment's dense job
+    teacher, _ = load_model(dense, expect=made)
+    dense_sha = io.sha256(dense)
+    base_mask = load_mask(mask, teacher, expect={**_identity(arch, len(blob["classes"]), cfg),
+                                                 "sparsity": sparsity, "dense_sha256": dense_sha},
+                          exclude=cfg.prune.exclude)
+    snaps = io.load(snapshots, "snapshots", keys=("snapshots",), expect=made)["snapshots"]
     k = MT.rewind_epoch(cfg, method)
     if k is not None and k not in snaps:
         raise io.CorruptFile(f"{snapshots}: no weights saved at epoch {k} (the rewind epoch of {method}); "
                              f"add it to train.save_epochs and rerun train_dense")
     params = cfg.section(*METHOD_PARAMS[method])
     key = digest({"stage": "retrain", "dataset": dataset, "arch": arch, "seed": seed, "sparsity": sparsity,
-                  "method": method, "data": blob["sha256"], "dense": io.sha256(dense), **params})
+                  "method": method, "data": blob["sha256"], "dense": dense_sha, **params})
     tags = {"dataset": dataset, "arch": arch, "seed": seed, "sparsity": sparsity, "method": method,
             "data_sha256": blob["sha256"]}
-    with Run(cfg, "retrain", tags, params, _resumed_run_id(cfg, "retrain", key)) as run:
+    with io.exclusive(_checkpoint(cfg, "retrain", key)), \
+            Run(cfg, "retrain", tags, params, _resumed_run_id(cfg, "retrain", key)) as run:
         dd = T.Data(blob, rt.device)
         teacher = T.to_device(teacher, rt).eval()
         for p in teacher.parameters():
@@ -175,11 +197,11 @@ def retrain(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, me
         res, ckpt, secs = _train(cfg, "retrain", recipe, net, dd, rt, seed, key, run)
         st = M.stats(res["masks"])
         run.log_metrics({f"layer_sparsity/{n}": v for n, v in st["layers"].items()})
-        _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, agreement_with=teacher,
+        _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, key, agreement_with=teacher,
                 extra_metrics={"sparsity": st["sparsity"], "nonzero": st["kept"], "prunable": st["total"]})
 
 
-def _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, extra_files=None, extra_metrics=None,
+def _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, key, extra_files=None, extra_metrics=None,
             agreement_with=None) -> None:
     """Final metrics (the test set is read exactly once per model, here), outputs written atomically, then
     the checkpoint removed (its job is done; the outputs are what Snakemake and DVC cache)."""
@@ -197,7 +219,7 @@ def _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, extra_files=None, extr
     for name, obj in (extra_files or {}).items():
         io.save(obj, _sibling(out, name))
     io.write_json(_sibling(out, "metrics.json"), metrics)
-    io.save(_model_file(net, arch, dd.classes, cfg, res["masks"], data_sha256=dd.sha256), out)
+    io.save(_model_file(net, arch, dd.classes, cfg, res["masks"], data_sha256=dd.sha256, job=key), out)
     run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, res["epochs"])
     run.log_artifact(_sibling(out, "metrics.json"))
     ckpt.unlink(missing_ok=True)
@@ -214,12 +236,14 @@ def spectral(cfg: Config, data: str, model: str, out: str, teacher: str | None =
     blob = D.load(Path(data))
     with Run(cfg, "spectral", {**(tags or {}), "data_sha256": blob["sha256"]}, cfg.section("spectral")) as run:
         dd = T.Data(blob, rt.device)
-        net, _ = load_model(model, rt, cfg.prune.exclude)
-        ref = load_model(teacher, rt)[0] if teacher else None
+        same = {"classes": dd.classes, "width": cfg.model.width}
+        net, made = load_model(model, rt, expect=same, exclude=cfg.prune.exclude)
+        ref = load_model(teacher, rt, expect={**same, "arch": made["arch"]})[0] if teacher else None
         if mask is None:
             res = S.evaluate(net, dd, rt, cfg.spectral, teacher=ref)
         else:                                         # the pruned topology before any retraining
-            masks = load_mask(mask, net, cfg.prune.exclude)
+            masks = load_mask(mask, net, expect={"arch": made["arch"], "dense_sha256": io.sha256(model)},
+                              exclude=cfg.prune.exclude)
             res = SG.evaluate_topologies(net, masks, control_seed, dd, rt, cfg.spectral, ref)
         res.update({k: str(v) for k, v in (tags or {}).items()}, experiment=cfg.name, hardware=hardware())
         heat = res.pop("heatmap")

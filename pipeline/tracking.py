@@ -14,13 +14,26 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import ROOT, Config
+from .config import ROOT, Config, ConfigError
 
 
 def tracking_uri(cfg: Config) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{(ROOT / uri[len('sqlite:///'):]).resolve()}"   # relative to the project root
+    return uri
+
+
+def check_uri(cfg: Config) -> str:
+    """The tracking URI, checked before any compute: a SQLite store's folder must exist (nothing creates
+    it silently: a typo would scatter runs into a new folder); the error names the URI and its source."""
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
+            raise ConfigError(f"{source} = {uri!r}: the folder of this SQLite store, {folder}, does not exist "
+                              f"(create it, or fix the URI)")
     return uri
 
 
@@ -53,7 +66,7 @@ class Run:
 
     def __init__(self, cfg: Config, stage: str, tags: dict, params: dict, run_id: str | None = None):
         from mlflow.tracking import MlflowClient   # imported here: stages that never track skip its import cost
-        self.uri = tracking_uri(cfg)
+        self.uri = check_uri(cfg)
         self.lock = _lock_path(self.uri)
         # Under the lock too: creating the client creates (migrates) a fresh store's tables, and parallel
         # jobs doing that at once fail ("table _alembic_tmp_... already exists", "database is locked").
@@ -94,7 +107,6 @@ class Run:
 
     @contextmanager
     def _locked(self):
-        self.lock.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lock, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:

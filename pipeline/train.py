@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from . import io, masks as M
 from .captured import CapturedStep
+from .errors import Diverged
 
 # ------------------------------------------------------------------------------------------- the device
 
@@ -190,16 +192,23 @@ def _rng_state(g: torch.Generator) -> dict:
     return {"data": g.get_state(), "torch": torch.get_rng_state()}
 
 
+_clock = time.perf_counter   # the training time's clock (a test replaces it)
+
+
 def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ckpt: Path, key: str,
         log: Callable[[int, dict], None] = lambda step, m: None, run_id: str | None = None) -> dict:
-    """Train through every round; return {"model", "masks", "history", "epochs", "snapshots"}.
+    """Train through every round; return {"model", "masks", "history", "epochs", "snapshots", "seconds"}.
     A checkpoint is written at `ckpt` after every epoch (atomically) and resumed from if it exists and its
-    `key` (a hash of the job's parameters) matches; one with another key is refused, never overwritten."""
+    `key` (a hash of the job's parameters) matches; one with another key is refused, never overwritten.
+    "seconds" is the training time of every process that worked on the model (the checkpoint carries the
+    time of its completed epochs; an epoch a killed process did not finish is trained, and counted, again).
+    A non-finite loss raises Diverged naming the epoch and step, before that epoch is checkpointed."""
+    t0 = _clock()
     model = to_device(model, rt)
     step_model = torch.compile(model) if rt.compile else model
     g = torch.Generator().manual_seed(seed)
     masks = _to(recipe.masks, rt.device)
-    start_round, start_epoch, history, snapshots, levels = 0, 0, [], {}, {}
+    start_round, start_epoch, history, snapshots, levels, before = 0, 0, [], {}, {}, 0.0
     if ckpt.exists():
         state = io.load(ckpt, "checkpoint", keys=("key", "round", "epoch", "model", "optimizer", "rng"))
         _refuse_other_key(ckpt, state["key"], key)
@@ -209,6 +218,7 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
         torch.set_rng_state(state["rng"]["torch"])
         start_round, start_epoch = state["round"], state["epoch"]
         history, snapshots, levels = state["history"], state["snapshots"], state.get("levels", {})
+        before = float(state.get("train_seconds", 0.0))
     else:
         state = None
     total_epochs = sum(r.epochs for r in recipe.rounds[:start_round]) + start_epoch
@@ -237,6 +247,12 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
             for pg in opt.param_groups:
                 pg["lr"] = lr
             metrics = _epoch(step_model, model, opt, recipe, data, rt, g, epoch, weights, masks)
+            bad = metrics.pop("first_bad_step")
+            if not math.isfinite(metrics["train_loss"]):
+                where = f"first at step {bad} of {max(1, len(data.train_y) // recipe.batch_size)}" if bad >= 0 \
+                    else "its sum over the epoch overflowed"
+                raise Diverged(f"the training loss is not finite in round {ri}, epoch {epoch} (counting from 0), "
+                               f"{where} (lr {lr:g}); no model written")
             metrics.update(lr=lr, val_acc=accuracy(step_model, data, "val", rt), round=ri)
             if masks is not None:
                 metrics["sparsity"] = M.stats(masks)["sparsity"]
@@ -251,10 +267,11 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
             io.save({"kind": "checkpoint", "key": key, "round": ri, "epoch": epoch + 1, "model": _state_dict(model),
                      "optimizer": opt.state_dict(), "rng": _rng_state(g), "history": history,
                      "masks": None if masks is None else {n: m.cpu() for n, m in masks.items()},
-                     "snapshots": snapshots, "levels": levels, "run_id": run_id}, ckpt)
+                     "snapshots": snapshots, "levels": levels, "run_id": run_id,
+                     "train_seconds": before + _clock() - t0}, ckpt)
         state = None
     return {"model": model, "masks": masks, "history": history, "epochs": total_epochs, "snapshots": snapshots,
-            "levels": levels}
+            "levels": levels, "seconds": before + _clock() - t0}
 
 
 def _refuse_other_key(ckpt: Path, found: str, key: str) -> None:
@@ -289,6 +306,8 @@ def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, e
     loss_sum = torch.zeros((), device=rt.device)
     correct = torch.zeros((), device=rt.device)
     radius = None
+    # The first step whose loss is not finite (-1: none), kept on the device: no host sync per step.
+    first_bad = torch.full((), -1, dtype=torch.long, device=rt.device)
     # drop_last: every step sees a full batch (no tiny last batch that destabilises batch norm)
     steps = max(1, n // recipe.batch_size)
     order, flips, offs = draw_epoch(n, recipe.batch_size, steps, g, rt.device)
@@ -315,9 +334,11 @@ def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, e
             x = x.contiguous(memory_format=torch.channels_last)
         loss, logits, radius = step(x, y)
         loss_sum += loss.detach().float() * len(y)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i, first_bad)
         correct += (logits.argmax(1) == y).sum()
     seen = steps * min(recipe.batch_size, n)
-    out = {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
+    out = {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+           "first_bad_step": int(first_bad)}
     if radius is not None:
         out["radius"] = -1.0 if math.isinf(radius) else float(radius)   # -1 in logs = full band
     return out

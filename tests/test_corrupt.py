@@ -71,6 +71,12 @@ def _dense_job_checkpoint(real, runs: Path) -> Path:
     return runs / cfg.name / "checkpoints" / f"dense-{key}.pt"
 
 
+def _edited(src: Path, kind: str, dst: Path, **fields) -> Path:
+    """A copy of the pipeline file `src` with `fields` replaced, written by the pipeline (a valid checksum)."""
+    io.save({**io.load(src, kind), **fields}, dst)
+    return dst
+
+
 def _vgg_mask(path: Path) -> Path:
     net = models.build("vgg16_bn", 10, 0.25)
     io.save({"kind": "mask", "arch": "vgg16_bn", "sparsity": 0.9,
@@ -135,22 +141,29 @@ def case_model_given_as_mask(real, tmp):
 
 def case_mask_of_another_model(real, tmp):
     bad = _vgg_mask(tmp / "vgg_mask.pt")
+    return _retrain_args(real, tmp, mask=bad), bad, "mask file has arch = 'vgg16_bn', this job expects 'resnet20'"
+
+
+def case_mask_labelled_resnet20_holding_another_models_masks(real, tmp):
+    vgg = io.load(_vgg_mask(tmp / "vgg_mask.pt"), "mask")["masks"]
+    bad = _edited(real["mask"], "mask", tmp / "mask_bad.pt", masks=vgg)
     return _retrain_args(real, tmp, mask=bad), bad, "mask does not fit this model"
 
 
 def case_model_with_masks_of_another_model(real, tmp):
-    blob = torch.load(real["dense"], weights_only=True)
-    blob["masks"] = torch.load(_vgg_mask(tmp / "vgg_mask.pt"), weights_only=True)["masks"]
-    bad = tmp / "model_bad_masks.pt"
-    io.save(blob, bad)
+    vgg = io.load(_vgg_mask(tmp / "vgg_mask.pt"), "mask")["masks"]
+    bad = _edited(real["dense"], "model", tmp / "model_bad_masks.pt", masks=vgg)
     return _model_args(real, tmp, bad), bad, "mask does not fit this model"
 
 
+def case_model_of_another_width(real, tmp):
+    bad = _edited(real["dense"], "model", tmp / "model_width.pt", width=0.5)
+    return _model_args(real, tmp, bad), bad, "model file has width = 0.5, this job expects 0.25"
+
+
 def case_weights_of_another_width(real, tmp):
-    blob = torch.load(real["dense"], weights_only=True)
-    blob["width"] = 0.5
-    bad = tmp / "model_width.pt"
-    io.save(blob, bad)
+    x05 = models.build("resnet20", 10, 0.5).state_dict()        # labelled 0.25, holding x0.5 weights
+    bad = _edited(real["dense"], "model", tmp / "model_weights.pt", state=x05)
     return _model_args(real, tmp, bad), bad, "weights do not fit resnet20"
 
 
@@ -179,12 +192,117 @@ def case_unreadable_image(real, tmp):
         "not a readable image"
 
 
+def _flip_inside(src: Path, dst: Path, tensor: torch.Tensor) -> Path:
+    """A copy of `src` with one bit flipped inside the stored bytes of `tensor` (the file stays readable)."""
+    b = bytearray(src.read_bytes())
+    at = bytes(b).find(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    assert at >= 0, "tensor bytes not found in the file"
+    b[at + 3] ^= 0x40                                  # a high exponent bit of a float32: -3e37-like weights
+    dst.write_bytes(bytes(b))
+    return dst
+
+
+def case_model_with_one_bit_flipped(real, tmp):
+    bad = _flip_inside(real["dense"], tmp / "flipped.pt", io.load(real["dense"], "model")["state"]["conv.weight"])
+    return _prune_args(real, tmp, bad), bad, "checksum"
+
+
+def case_snapshots_with_one_bit_flipped(real, tmp):
+    src = real["snapshots"]
+    bad = _flip_inside(src, tmp / "snapshots.pt", io.load(src, "snapshots")["snapshots"][0]["conv.weight"])
+    args = _retrain_args(real, tmp)
+    args[args.index("--snapshots") + 1] = bad
+    return args, bad, "checksum"
+
+
+def case_mask_with_one_bit_flipped(real, tmp):
+    blob = io.load(real["mask"], "mask")
+    name = max(blob["masks"], key=lambda n: blob["masks"][n].numel())
+    b = bytearray(real["mask"].read_bytes())
+    raw = blob["masks"][name].view(torch.uint8).numpy().tobytes()
+    at = bytes(b).find(raw)
+    b[at + len(raw) // 2] ^= 0x01                    # one kept weight dropped, or one pruned weight revived
+    bad = tmp / "mask.pt"
+    bad.write_bytes(bytes(b))
+    return _retrain_args(real, tmp, mask=bad), bad, "checksum"
+
+
+def case_checkpoint_with_one_bit_flipped(real, tmp):
+    ckpt = _dense_job_checkpoint(real, tmp / "runs")
+    ckpt.parent.mkdir(parents=True)
+    blob = io.load(real["dense"], "model")
+    io.save({"kind": "checkpoint", "key": ckpt.stem.split("-", 1)[1], "round": 0, "epoch": 1, "model": blob["state"],
+             "optimizer": {}, "rng": {}, "history": [], "masks": None, "snapshots": {}, "run_id": None}, ckpt)
+    _flip_inside(ckpt, ckpt, blob["state"]["conv.weight"])
+    return _dense_args(real, tmp), ckpt, "checksum"
+
+
+def case_model_without_checksum(real, tmp):
+    blob = io.load(real["dense"], "model")            # a model file as written before checksums
+    bad = tmp / "old.pt"
+    torch.save(blob, bad)
+    return _prune_args(real, tmp, bad), bad, "carries no checksum"
+
+
+def case_prune_arch_differs_from_the_model(real, tmp):
+    args = _prune_args(real, tmp, real["dense"])
+    args[args.index("--arch") + 1] = "resnet56"
+    return args, real["dense"], "model file has arch = 'resnet20', this job expects 'resnet56'"
+
+
+def case_retrain_arch_differs_from_the_model(real, tmp):
+    args = _retrain_args(real, tmp)
+    args[args.index("--arch") + 1] = "resnet56"
+    return args, real["dense"], "model file has arch = 'resnet20', this job expects 'resnet56'"
+
+
+def case_dense_model_of_other_parameters(real, tmp):
+    # written by a dense job with other train/model/runtime parameters
+    bad = _edited(real["dense"], "model", tmp / "other.pt", job="0123456789ab")
+    return _model_args(real, tmp, bad), bad, "model file has job = '0123456789ab'"
+
+
+def case_mask_of_another_dense_model(real, tmp):
+    bad = _edited(real["mask"], "mask", tmp / "mask_other.pt", dense_sha256="0" * 64)
+    return _retrain_args(real, tmp, mask=bad), bad, "mask file has dense_sha256 = '000"
+
+
+def case_snapshots_of_another_dense_job(real, tmp):
+    bad = _edited(real["snapshots"], "snapshots", tmp / "snapshots.pt", job="0123456789ab")
+    args = _retrain_args(real, tmp)
+    args[args.index("--snapshots") + 1] = bad
+    return args, bad, "snapshots file has job = '0123456789ab'"
+
+
+def _dataset_with_description(real, tmp, text: bytes):
+    data = tmp / "data.pt"
+    shutil.copy(real["data"], data)
+    desc = Path(f"{data}.json")
+    desc.write_bytes(text)
+    return _dense_args(real, tmp, data=data), desc
+
+
+def case_dataset_description_random_bytes(real, tmp):
+    args, desc = _dataset_with_description(real, tmp, bytes(range(256)) * 4)
+    return args, desc, "not valid JSON"
+
+
+def case_dataset_description_a_list(real, tmp):
+    args, desc = _dataset_with_description(real, tmp, b"[]")
+    return args, desc, "expected a JSON object, found list"
+
+
+def case_dataset_description_sha256_not_a_string(real, tmp):
+    args, desc = _dataset_with_description(real, tmp, b'{"sha256": 5}')
+    return args, desc, "sha256 = 5 is not a checksum string"
+
+
 CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
 # Each stage family as a real subprocess; the other cases call the same CLI entry point (`main`) in this
 # process, which returns the exit status a subprocess would (any other exception fails the test as a
 # traceback would): a subprocess costs ~5 s of CPU, mostly importing torch.
 SUBPROCESS = ("truncated_model", "truncated_checkpoint", "checkpoint_of_other_parameters",
-              "mask_of_another_model", "dataset_checksum_mismatch", "unreadable_image")
+              "mask_of_another_model", "dataset_checksum_mismatch", "unreadable_image", "model_with_one_bit_flipped")
 
 
 def _launch(real, fn, tmp: Path):

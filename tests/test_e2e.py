@@ -29,16 +29,23 @@ def sh(cmd, repo, env, timeout=1800, ok=True):
     return r
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("e2e") / "repo"
+def project_copy(folder: Path) -> tuple[Path, dict]:
+    """A copy of the project (Snakefile, params, dvc.yaml, package, experiments) and the environment that
+    runs the copy's package, not the checkout's."""
+    repo = folder / "repo"
     repo.mkdir()
     for f in ("Snakefile", "params.yaml", "dvc.yaml"):
         shutil.copy(ROOT / f, repo / f)
     for d in ("pipeline", "configs"):
         shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_RUNS")}
-    env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(repo))   # the copy's package, not the checkout's
+    env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(repo))
+    return repo, env
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    repo, env = project_copy(tmp_path_factory.mktemp("e2e"))
     r = sh("snakemake --cores 2 --configfile configs/smoke.yaml", repo, env)
     return repo, env, r
 
@@ -65,7 +72,8 @@ def test_every_output_exists_and_parses(smoke):
     dense = next(r for r in rows if r["method"] == "dense")
     assert float(dense["test_acc"]) > 0.3, "the smoke task is learnable: dense accuracy well above chance (0.1)"
     spec = list(csv.DictReader((out / "spectral.csv").open()))
-    assert len(spec) == (len(rows) + 1) * 2 * 8          # every model + the pruned topology, 2 bands, 8 radii
+    # every model + the pruned topology (as is, recalibrated, and both for its random control), 2 bands, 8 radii
+    assert len(spec) == (len(rows) + 4) * 2 * 8
     readme = (out / "README.md").read_text()
     for section in ("### Test accuracy", "### Paired differences", "### Band-limited accuracy",
                     "### Spectral signature of pruning", "## Claims", "Hardware:", "Experiment: `smoke`"):
@@ -129,3 +137,26 @@ def test_snakemake_html_report(smoke):
     sh("snakemake --report report.html --configfile configs/smoke.yaml", repo, env)
     html = (repo / "report.html").read_text(errors="ignore")
     assert "accuracy_vs_sparsity" in html
+
+
+def test_prune_exclude_end_to_end(tmp_path):
+    """prune.exclude through the whole DAG (one method, one seed): the excluded classifier is never pruned
+    and every later stage accepts the mask without it."""
+    repo, env = project_copy(tmp_path)
+    from pipeline.config import merge, read_yaml
+    raw = merge(read_yaml(repo / "configs" / "smoke.yaml"), {
+        "name": "exclude", "prune": {"exclude": ["fc"]}, "grid": {"methods": ["finetune"]},
+        "report": {"dir": "results/exclude"}})
+    (repo / "configs" / "exclude.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    sh("snakemake --cores 2 --configfile configs/exclude.yaml", repo, env)
+    import torch
+    cell = "synthetic/resnet20/seed0/s0.9"
+    mask = json.loads((repo / f"runs/exclude/prune/{cell}/mask.json").read_text())
+    assert "fc.weight" not in mask["layers"] and "conv.weight" in mask["layers"]
+    assert mask["sparsity"] == pytest.approx(0.9, abs=1e-3)      # 0.9 of the pruned weights, fc not among them
+    model = torch.load(repo / f"runs/exclude/retrain/{cell}/finetune/model.pt", weights_only=True)
+    assert "fc.weight" not in model["masks"] and bool((model["state"]["fc.weight"] != 0).all())
+    spectral = json.loads((repo / f"runs/exclude/spectral/{cell}/pruned.json").read_text())
+    assert set(spectral["variants"]) == {"pruned_bn", "random_mask", "random_mask_bn"}
+    rows = list(csv.DictReader((repo / "results" / "exclude" / "summary.csv").open()))
+    assert {r["method"] for r in rows} == {"dense", "finetune"}

@@ -430,12 +430,12 @@ def test_finishing_a_stage_removes_only_its_checkpoint(trained, data, tmp_path):
     for p, b in inputs.items():
         p.write_bytes(b)
     out = tmp_path / "finetune" / "model.pt"
-    stages._finish(CFG, _NoRun(), res, data, RT, str(out), "resnet20", ckpt, 1.0)
+    stages._finish(CFG, _NoRun(), res, data, RT, str(out), "resnet20", ckpt, 1.0, "k")
     assert not ckpt.exists()
     assert all(p.read_bytes() == b for p, b in inputs.items())
     assert sorted(p.name for p in out.parent.iterdir()) == ["metrics.json", "model.pt"]
     # the output holds the pruned model and its masks, exactly
-    loaded, blob = stages.load_model(out)
+    loaded, blob = stages.load_model(out, expect={"arch": "resnet20", "job": "k"})
     for n, m in blob["masks"].items():
         assert torch.equal(m, res["masks"][n])
         assert torch.equal(loaded.state_dict()[n] == 0, ~m)

@@ -21,7 +21,7 @@ import torch
 
 from pipeline import data as D, io, masks as M, models
 from pipeline.config import ROOT, load
-from pipeline.stages import load_model
+from pipeline.stages import _identity, load_model
 
 from .conftest import run_stage, write_experiment
 
@@ -104,8 +104,9 @@ def imp_base(base):
     """The MBP mask of the dense model and the uninterrupted imp retraining (store A)."""
     b = base
     mask = b["root"] / "A" / "prune" / "mask.pt"
-    net, _ = load_model(b["ref"].out)                          # what the prune stage writes
-    io.save({"kind": "mask", "arch": "resnet20", "sparsity": SPARSITY,
+    net, blob = load_model(b["ref"].out)                       # what the prune stage writes
+    io.save({"kind": "mask", **_identity("resnet20", blob["classes"], load(str(b["experiment"]))),
+             "sparsity": SPARSITY, "dense_sha256": io.sha256(b["ref"].out),
              "masks": M.global_magnitude(models.prunable(net), SPARSITY)}, mask)
 
     def imp(out):
@@ -219,6 +220,9 @@ def _kill_and_resume(job: Job, ref: Job, ref_env: dict, env: dict, ready, total_
 
     job.run(env)                                                  # the same command again: resumes
     _assert_same_outputs(ref, job)
+    # the training time of both processes: more than the killed one's checkpointed epochs
+    seconds = json.loads(job.out.with_name("metrics.json").read_text())["train_seconds"]
+    assert seconds > killed["train_seconds"] > 0
     assert not _checkpoints(env), "the checkpoint outlived its job"
     _, runs = _runs(env, mlflow_stage)
     assert len(runs) == 1, f"{len(runs)} MLflow runs for one killed-and-resumed job"
