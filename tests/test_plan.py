@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import config as C, plan as P
 
-from .conftest import run_stage, write_experiment
+from .conftest import run_stage
 
 # A hand-made measurement (img/s per arch and kind of step), as benchmarks/gpu_check.py writes it.
 RATES = {"resnet20": {"dense": 1024, "masked": 2048, "kd": 512, "fourier_kd": 256, "eval": 8192}}
@@ -44,10 +44,9 @@ def test_split_sizes():
     assert P.split_sizes(C.load(None), "cifar10") == (45000, 10000)
 
 
-def test_estimate_counts_images_and_hours_per_job(tmp_path):
-    exp = write_experiment(tmp_path, name="t", grid={"methods": ["finetune", "fourier_kd", "lth"]})
-    cfg = C.load(str(exp))
-    rows = P.estimate(cfg, str(exp), {"img_per_s": RATES})
+def test_estimate_counts_images_and_hours_per_job():
+    cfg = C.load("smoke")
+    rows = P.estimate(cfg, "smoke", {"img_per_s": RATES})
     per_epoch = 1024                                          # 1152 synthetic images - 128 held out
     assert rows["dense"]["images"] == 2 * per_epoch and rows["dense"]["seconds"] == pytest.approx(2.0)
     assert rows["finetune"]["images"] == 2 * per_epoch and rows["finetune"]["seconds"] == pytest.approx(1.0)
