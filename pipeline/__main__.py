@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
           help="stage 1: the topology, global MBP")
     stage("retrain", "--dataset", "--arch", "--seed", "--sparsity", "--method", "--data", "--dense", "--snapshots",
           "--mask", "--out", help="stage 2: retrain the pruned network with a method")
+    stage("chain", "--dataset", "--arch", "--seed", "--method", "--data", "--dense", "--snapshots", "--out-dir",
+          help="stage 2 for imp, lth, lth_init: one iterative chain whose levels are the grid's sparsities")
     s = stage("spectral", "--data", "--model", "--out", help="band-limited accuracy and Fourier heat map")
     s.add_argument("--teacher", default=None, help="dense model to measure agreement with")
     s.add_argument("--mask", default=None, help="apply this mask first (the pruned topology, not retrained); "
@@ -79,6 +81,10 @@ def main(argv=None) -> int:
         if args.stage == "report":
             from .report import report
             report(cfg)
+            return 0
+        if args.stage == "chain":
+            from .chains import chain
+            chain(cfg, **kw)
             return 0
         from . import stages
         if args.stage == "spectral":

@@ -34,6 +34,8 @@ METHOD_PARAMS = {
     "gmp": _COMMON + ("gmp",),
 }
 assert set(METHOD_PARAMS) == set(METHODS)
+# The iterative methods: one chain per dense network passes every sparsity of the grid (pipeline/chains.py).
+CHAIN_METHODS = ("imp", "lth", "lth_init")
 SCHEDULES = ("linear", "step", "cosine")
 FILTERS = ("circle", "square")
 

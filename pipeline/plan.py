@@ -19,6 +19,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from . import masks as M
 from .config import Config, ROOT, resolve_path
 
 # The kind of training step each method runs; its measured img/s prices its epochs. fourier_kd and its
@@ -31,16 +32,19 @@ STEP = {"dense": "dense", "finetune": "masked", "finetune_layerwise": "masked", 
 FULL_SIZES = {"cifar10": (50000, 10000), "cifar100": (50000, 10000)}   # torchvision train / test images
 
 
-def method_epochs(cfg: Config, method: str) -> list[tuple[str, int]]:
-    """[(step kind, epochs)] that one retraining job of `method` runs (what methods.py's recipes run)."""
+def method_epochs(cfg: Config, method: str, levels: list[float] | None = None) -> list[tuple[str, int]]:
+    """[(step kind, epochs)] that one retraining job of `method` runs (what methods.py's recipes run); for
+    the iterative methods, the chain through `levels` (default: one target, the per-target schedule)."""
     c = cfg
     one_shot = c.retrain.epochs
     if method in ("fourier_kd", "fourier_kd_reverse"):
         filtered = min(one_shot, math.ceil(round(c.distill.full_band_at * one_shot, 9)))
         return [("fourier_kd", filtered), ("kd", one_shot - filtered)]
-    per = {"imp": c.imp.rounds * c.imp.epochs_per_round,
-           "lth": c.lth.rounds * (c.train.epochs - c.lth.rewind_epoch),
-           "lth_init": c.lth.rounds * c.train.epochs,
+    imp_rounds = len(M.chain_targets(levels or [0.5], c.imp.rounds))
+    lth_rounds = len(M.chain_targets(levels or [0.5], c.lth.rounds))
+    per = {"imp": imp_rounds * c.imp.epochs_per_round,
+           "lth": lth_rounds * (c.train.epochs - c.lth.rewind_epoch),
+           "lth_init": lth_rounds * c.train.epochs,
            "lr_rewind": c.train.epochs, "gmp": c.train.epochs}
     if method not in STEP:
         raise KeyError(f"plan: method {method!r} has no cost model (add it to pipeline/plan.py STEP)")
@@ -88,8 +92,9 @@ def job_cost(cfg: Config, job: dict, sizes: dict) -> tuple[str, list[tuple[str, 
     train, test = sizes[w["dataset"]]
     if rule == "train_dense":
         return "dense", [("dense", cfg.train.epochs * train)]
-    if rule == "retrain":
-        return w["method"], [(k, e * train) for k, e in method_epochs(cfg, w["method"])]
+    if rule in ("retrain", "chain"):
+        levels = cfg.grid.sparsities if rule == "chain" else None
+        return w["method"], [(k, e * train) for k, e in method_epochs(cfg, w["method"], levels)]
     if rule.startswith("spectral"):
         return "spectral", [("eval", spectral_images(cfg, test, teacher="--teacher" in job["cmd"]))]
     return rule, []
@@ -116,8 +121,9 @@ def estimate(cfg: Config, experiment: str | None, throughput: dict | None) -> di
         r["jobs"] += 1
         if job["rule"] == "train_dense":
             r["epochs"] += cfg.train.epochs
-        elif job["rule"] == "retrain":
-            r["epochs"] += sum(e for _, e in method_epochs(cfg, job["wildcards"]["method"]))
+        elif job["rule"] in ("retrain", "chain"):
+            levels = cfg.grid.sparsities if job["rule"] == "chain" else None
+            r["epochs"] += sum(e for _, e in method_epochs(cfg, job["wildcards"]["method"], levels))
         for kind, images in parts:
             r["images"] += images
             rate = rates.get(job["wildcards"]["arch"], {}).get(kind)

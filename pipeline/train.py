@@ -263,7 +263,7 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
             log(total_epochs, metrics)
             if rnd.level is not None and epoch + 1 == rnd.epochs:     # a chain's level: kept, and checkpointed
                 levels[rnd.level] = {"model": _state_dict(model), "masks": {n: m.cpu() for n, m in masks.items()},
-                                     "rounds": ri + 1, "epochs": total_epochs}
+                                     "rounds": ri + 1, "epochs": total_epochs, "seconds": before + _clock() - t0}
             io.save({"kind": "checkpoint", "key": key, "round": ri, "epoch": epoch + 1, "model": _state_dict(model),
                      "optimizer": opt.state_dict(), "rng": _rng_state(g), "history": history,
                      "masks": None if masks is None else {n: m.cpu() for n, m in masks.items()},

@@ -86,3 +86,36 @@ def test_a_killed_chain_resumes_with_its_levels(data, tmp_path):  # noqa: F811
         a, b = whole["levels"][s], resumed["levels"][s]
         assert (a["rounds"], a["epochs"]) == (b["rounds"], b["epochs"])
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_chain_stage_writes_every_level_with_its_own_metrics_and_run(tmp_path, env):
+    """`python -m pipeline chain`: one job, a model + metrics.json per grid sparsity (exact sparsity, the rounds
+    and epochs spent up to the level), one MLflow run for the chain and one per level (stage retrain)."""
+    import mlflow
+
+    from pipeline import config as C, io
+    from .conftest import run_stage, write_experiment
+    exp = write_experiment(tmp_path, name="chain", grid={"sparsities": [0.9, 0.5]},
+                           datasets={"synthetic": {"source": "synthetic", "classes": 10, "train_size": 160,
+                                                   "val_size": 32, "test_size": 32}},
+                           train={"epochs": 1, "save_epochs": [0]}, lth={"rewind_epoch": 0},
+                           imp={"rounds": 3, "epochs_per_round": 1})
+    data, dense = tmp_path / "data.pt", tmp_path / "dense" / "model.pt"
+    for args in (("prepare", "--dataset", "synthetic", "--out", data),
+                 ("train_dense", "--dataset", "synthetic", "--arch", "resnet20", "--seed", 0, "--data", data,
+                  "--out", dense),
+                 ("chain", "--dataset", "synthetic", "--arch", "resnet20", "--seed", 0, "--method", "imp",
+                  "--data", data, "--dense", dense, "--snapshots", dense.with_name("snapshots.pt"),
+                  "--out-dir", tmp_path / "retrain")):
+        p = run_stage(*args, "--experiment", exp, env=env)
+        assert p.returncode == 0, p.stderr[-2000:]
+    for s, rounds in ((0.5, 1), (0.9, 3)):       # 3 rounds to 0.9: 0 -> 0.5 is 0.9 of a round -> 1, then 2
+        m = io.read_json(tmp_path / "retrain" / f"s{s}" / "imp" / "metrics.json")
+        assert (m["rounds"], m["epochs"], m["chain_levels"]) == (rounds, rounds, 2)
+        assert m["nonzero"] == m["prunable"] - round(s * m["prunable"])
+    assert not list((tmp_path / "runs").rglob("chain-*.pt")), "the chain's checkpoint outlived the job"
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp_id = client.get_experiment_by_name(C.load(str(exp)).name).experiment_id
+    runs = client.search_runs([exp_id])
+    stages = sorted((r.data.tags["stage"], r.data.tags.get("sparsity", "-")) for r in runs)
+    assert stages == [("chain", "-"), ("prepare", "-"), ("retrain", "0.5"), ("retrain", "0.9"), ("train_dense", "0.0")]
