@@ -12,7 +12,7 @@
 
 configfile: "params.yaml"
 
-from pipeline.config import METHOD_PARAMS, check_snakemake    # torch-free: a no-op rerun stays fast
+from pipeline.config import CHAIN_METHODS, METHOD_PARAMS, METHODS, check_snakemake   # torch-free: fast no-op reruns
 
 # The whole config is checked before any job starts, as `python -m pipeline` checks it (the experiment's
 # name included), and must be what the jobs will load with --experiment.
@@ -25,6 +25,7 @@ DENSE = RUNS + "/dense/{dataset}/{arch}/seed{seed}"
 PRUNED = RUNS + "/prune/{dataset}/{arch}/seed{seed}/s{sparsity}"
 RETRAINED = RUNS + "/retrain/{dataset}/{arch}/seed{seed}/s{sparsity}/{method}"
 SPECTRAL = RUNS + "/spectral/{dataset}/{arch}/seed{seed}"
+ONE_SHOT = "|".join(m for m in METHODS if m not in CHAIN_METHODS)   # retrained one job per sparsity
 
 
 def section(*keys):
@@ -93,6 +94,8 @@ rule retrain:
     output:
         model=RETRAINED + "/model.pt",
         metrics=RETRAINED + "/metrics.json",
+    wildcard_constraints:
+        method=ONE_SHOT,
     params:
         cfg=lambda wc: section(*METHOD_PARAMS[wc.method]),
     shell:
@@ -100,6 +103,28 @@ rule retrain:
         " --seed {wildcards.seed} --sparsity {wildcards.sparsity} --method {wildcards.method}"
         " --data {input.data} --dense {input.dense} --snapshots {input.snapshots} --mask {input.mask}"
         " --out {output.model}"
+
+
+rule chain:
+    """Stage 2 for the iterative methods (imp, lth, lth_init): ONE chain per dense network, whose levels are
+    the grid's sparsities; each level's model is that (sparsity, method)'s retrained model."""
+    input:
+        data=rules.prepare.output.data,
+        dense=rules.train_dense.output.model,
+        snapshots=rules.train_dense.output.snapshots,
+    output:
+        models=expand(RUNS + "/retrain/{{dataset}}/{{arch}}/seed{{seed}}/s{sparsity}/{{method}}/model.pt",
+                      sparsity=G.sparsities),
+        metrics=expand(RUNS + "/retrain/{{dataset}}/{{arch}}/seed{{seed}}/s{sparsity}/{{method}}/metrics.json",
+                       sparsity=G.sparsities),
+    wildcard_constraints:
+        method="|".join(CHAIN_METHODS),
+    params:
+        cfg=lambda wc: section(*METHOD_PARAMS[wc.method], "grid.sparsities"),
+    shell:
+        "python -m pipeline chain --experiment {EXPERIMENT} --dataset {wildcards.dataset} --arch {wildcards.arch}"
+        " --seed {wildcards.seed} --method {wildcards.method} --data {input.data} --dense {input.dense}"
+        " --snapshots {input.snapshots} --out-dir " + RUNS + "/retrain/{wildcards.dataset}/{wildcards.arch}/seed{wildcards.seed}"
 
 
 rule spectral_dense:

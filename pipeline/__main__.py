@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
           help="stage 1: the topology, global MBP")
     stage("retrain", "--dataset", "--arch", "--seed", "--sparsity", "--method", "--data", "--dense", "--snapshots",
           "--mask", "--out", help="stage 2: retrain the pruned network with a method")
+    stage("chain", "--dataset", "--arch", "--seed", "--method", "--data", "--dense", "--snapshots", "--out-dir",
+          help="stage 2 for imp, lth, lth_init: one iterative chain whose levels are the grid's sparsities")
     s = stage("spectral", "--data", "--model", "--out", help="band-limited accuracy and Fourier heat map")
     s.add_argument("--teacher", default=None, help="dense model to measure agreement with")
     s.add_argument("--mask", default=None, help="apply this mask first (the pruned topology, not retrained); "
@@ -47,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tag", action="append", default=[], help="KEY=VALUE for MLflow and the tables")
     stage("report", help="results/: summary.csv, spectral.csv, README.md with tables, plots and claims")
     stage("export_dvc", help="print dvc.yaml derived from the Snakefile's jobs for this experiment")
+    s = stage("plan", help="the grid's jobs, epochs per method and estimated device-hours from measured img/s")
+    s.add_argument("--throughput", default=None, help="img/s file from benchmarks/gpu_check.py (default: the "
+                                                      "newest benchmarks/results/throughput-*.json)")
     return p
 
 
@@ -54,7 +59,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = load(args.experiment)                 # the whole config is checked before anything else
-        kw = {k: v for k, v in vars(args).items() if k not in ("stage", "experiment")}
+        kw = {k: v for k, v in vars(args).items() if k not in ("stage", "experiment", "throughput")}
         if args.stage == "validate":
             print(f"ok: experiment {cfg.name}")
             return 0
@@ -62,11 +67,24 @@ def main(argv=None) -> int:
             from .dag import export_dvc
             sys.stdout.write(export_dvc(args.experiment))
             return 0
+        if args.stage == "plan":
+            from .plan import default_throughput, load_throughput, plan
+            path = args.throughput or default_throughput()
+            try:
+                measured = load_throughput(path) if path else None
+            except (OSError, ValueError) as e:
+                raise CorruptFile(f"--throughput {path}: {e}") from None
+            sys.stdout.write(plan(cfg, args.experiment, measured))
+            return 0
         from .tracking import check_uri
         check_uri(cfg)                              # before any compute: every job records itself there
         if args.stage == "report":
             from .report import report
             report(cfg)
+            return 0
+        if args.stage == "chain":
+            from .chains import chain
+            chain(cfg, **kw)
             return 0
         from . import stages
         if args.stage == "spectral":

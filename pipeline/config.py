@@ -34,6 +34,8 @@ METHOD_PARAMS = {
     "gmp": _COMMON + ("gmp",),
 }
 assert set(METHOD_PARAMS) == set(METHODS)
+# The iterative methods: one chain per dense network passes every sparsity of the grid (pipeline/chains.py).
+CHAIN_METHODS = ("imp", "lth", "lth_init")
 SCHEDULES = ("linear", "step", "cosine")
 FILTERS = ("circle", "square")
 
@@ -143,7 +145,8 @@ class RuntimeCfg:
     channels_last: str = "auto"
     compile: bool = False
     threads: int = 0
-    deterministic: bool = True
+    deterministic: bool | str = "auto"
+    cuda_graphs: bool | str = "auto"
 
 
 @dataclass
@@ -275,8 +278,13 @@ def _coerce(tp, value, key: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key)
+        inner = [a for a in args if a is not type(None)]
+        for a in inner[:-1]:                      # e.g. bool | str: the first type that fits
+            try:
+                return _coerce(a, value, key)
+            except ConfigError:
+                pass
+        return _coerce(inner[-1], value, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if origin is list:
@@ -426,6 +434,12 @@ def _check(c: Config) -> None:
     _need(r.amp in ("auto", "bf16", "off"), "runtime.amp", r.amp, "auto, bf16 or off")
     _need(r.channels_last in ("auto", "on", "off"), "runtime.channels_last", r.channels_last, "auto, on or off")
     _need(r.threads >= 0, "runtime.threads", r.threads, "a non-negative integer (0 = every core)")
+    _need(isinstance(r.deterministic, bool) or r.deterministic == "auto", "runtime.deterministic",
+          r.deterministic, "auto, true or false")
+    _need(isinstance(r.cuda_graphs, bool) or r.cuda_graphs == "auto", "runtime.cuda_graphs", r.cuda_graphs,
+          "auto, true or false")
+    _need(not (r.cuda_graphs is True and r.compile), "runtime.cuda_graphs", r.cuda_graphs,
+          "false (or auto) while runtime.compile is true: a compiled model is not captured as well")
 
 
 def lookup(d: dict, dotted: str):

@@ -35,6 +35,14 @@ def band_masks(radii, h: int, w: int, shape: str = "circle", device=None) -> tor
     return (dist[None] <= r[:, None, None]).float()
 
 
+@lru_cache(maxsize=256)
+def _band_mask(radius: float, h: int, w: int, shape: str, device: torch.device) -> torch.Tensor:
+    """One radius's mask, built once per (radius, size, shape, device): the training losses filter every
+    batch at the epoch's radius, and building the mask anew would copy a radius tensor to the device (a
+    host-device synchronisation) at every step."""
+    return band_masks([radius], h, w, shape, device)[0]
+
+
 def spectrum(x: torch.Tensor) -> torch.Tensor:
     """rfft2 over the last two dims, in float32 (FFTs in bf16 are not supported and would lose precision)."""
     return torch.fft.rfft2(x.float())
@@ -45,7 +53,7 @@ def lowpass(x: torch.Tensor, radius: float, shape: str = "circle") -> torch.Tens
     if math.isinf(radius):
         return x
     h, w = x.shape[-2:]
-    m = band_masks([radius], h, w, shape, x.device)[0]
+    m = _band_mask(float(radius), h, w, shape, x.device)
     return torch.fft.irfft2(spectrum(x) * m, s=(h, w)).to(x.dtype)
 
 

@@ -31,6 +31,7 @@ class Context:
     mask: dict
     snapshots: dict
     teacher: torch.nn.Module | None = None
+    levels: list[float] | None = None    # iterative methods: every sparsity one shared chain passes (None: one)
 
 
 # --------------------------------------------------------------------------------------------- losses
@@ -123,15 +124,16 @@ def freq_ce(ctx):
 
 def imp(ctx):
     """Iterative MBP: each round prunes the same fraction of the remaining weights (globally) and fine-tunes
-    with the retraining schedule; the last round lands exactly on the target."""
+    with the retraining schedule; one chain passes every level (masks.chain_targets), each exactly."""
     c = ctx.cfg
     rounds = []
-    for i, s in enumerate(M.iterative_targets(ctx.sparsity, c.imp.rounds)):
+    for i, (s, level) in enumerate(M.chain_targets(ctx.levels or [ctx.sparsity], c.imp.rounds)):
         def begin(model, masks, s=s, first=i == 0):
             if first:
                 _load(model, ctx.dense)
             return M.global_magnitude(prunable(model, c.prune.exclude), s, masks)
-        rounds.append(Round(c.imp.epochs_per_round, c.retrain.lr, c.retrain.lr_drops, c.retrain.gamma, begin=begin))
+        rounds.append(Round(c.imp.epochs_per_round, c.retrain.lr, c.retrain.lr_drops, c.retrain.gamma, begin=begin,
+                            level=level))
     return Recipe(rounds, momentum=c.train.momentum, weight_decay=c.train.weight_decay, batch_size=c.train.batch_size)
 
 
@@ -141,7 +143,7 @@ def _lottery(ctx, k: int) -> Recipe:
     c = ctx.cfg
     rewind = ctx.snapshots[k]
     rounds = []
-    for i, s in enumerate(M.iterative_targets(ctx.sparsity, c.lth.rounds)):
+    for i, (s, level) in enumerate(M.chain_targets(ctx.levels or [ctx.sparsity], c.lth.rounds)):
         def begin(model, masks, s=s, first=i == 0):
             if first:
                 _load(model, ctx.dense)
@@ -149,7 +151,7 @@ def _lottery(ctx, k: int) -> Recipe:
             _load(model, rewind)
             return new
         rounds.append(Round(c.train.epochs - k, c.train.lr, c.train.lr_drops, c.train.gamma,
-                            schedule_offset=k, schedule_epochs=c.train.epochs, begin=begin))
+                            schedule_offset=k, schedule_epochs=c.train.epochs, begin=begin, level=level))
     return Recipe(rounds, momentum=c.train.momentum, weight_decay=c.train.weight_decay, batch_size=c.train.batch_size)
 
 

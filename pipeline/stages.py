@@ -222,7 +222,8 @@ def _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, key, extra_files=None,
     io.save(_model_file(net, arch, dd.classes, cfg, res["masks"], data_sha256=dd.sha256, job=key), out)
     run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, res["epochs"])
     run.log_artifact(_sibling(out, "metrics.json"))
-    ckpt.unlink(missing_ok=True)
+    if ckpt is not None:               # None: more outputs of this job follow (a chain's lower levels)
+        ckpt.unlink(missing_ok=True)
 
 
 def spectral(cfg: Config, data: str, model: str, out: str, teacher: str | None = None, mask: str | None = None,

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import io, masks as M
+from .captured import CapturedStep
 from .errors import Diverged
 
 # ------------------------------------------------------------------------------------------- the device
@@ -30,6 +31,7 @@ class Runtime:
     amp: bool            # bf16 autocast
     channels_last: bool
     compile: bool
+    graphs: bool = False   # CUDA graphs: the training step captured once per epoch and replayed (captured.py)
 
 
 def runtime(cfg) -> Runtime:
@@ -39,16 +41,18 @@ def runtime(cfg) -> Runtime:
     if r.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("runtime.device = 'cuda' but no CUDA device is available")
     torch.set_num_threads(r.threads or os.cpu_count() or 1)
-    if r.deterministic:
+    # auto: bit-identical reruns where they are possible (the CPU); on CUDA they are not anyway (cuDNN,
+    # atomics), and deterministic kernels there cost speed.
+    deterministic = r.deterministic is True or (r.deterministic == "auto" and not cuda)
+    if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=cuda)
-        torch.backends.cudnn.benchmark = False
-    elif cuda:
-        torch.backends.cudnn.benchmark = True
+    torch.use_deterministic_algorithms(deterministic, warn_only=cuda)
+    torch.backends.cudnn.benchmark = cuda and not deterministic
     return Runtime(device=torch.device("cuda" if cuda else "cpu"),
                    amp=(r.amp == "bf16") or (r.amp == "auto" and cuda),
                    channels_last=(r.channels_last == "on") or (r.channels_last == "auto" and cuda),
-                   compile=r.compile)
+                   compile=r.compile,
+                   graphs=cuda and not r.compile and r.cuda_graphs in ("auto", True))
 
 
 def to_device(model: nn.Module, rt: Runtime) -> nn.Module:
@@ -80,12 +84,24 @@ class Data:
         return (x - self.mean) / self.std
 
 
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random crop with 4-pixel zero padding and horizontal flip, for the whole batch at once. Random
-    numbers come from a CPU generator (same stream on every device, saved in checkpoints)."""
+def draw_epoch(n: int, batch: int, steps: int, g: torch.Generator, device) -> tuple:
+    """An epoch's randomness: the order, then each step's flips (steps, b) and crop offsets (steps, 2, b).
+    Drawn on the CPU generator in the order the steps once drew them (so the stream, the batches and the
+    checkpoints are unchanged), and copied to the device once per epoch, not once per step: a copy per step
+    is a host-device synchronisation on CUDA."""
+    order = torch.randperm(n, generator=g)
+    b = min(batch, n)
+    flips, offs = [], []
+    for _ in range(steps):
+        flips.append(torch.rand(b, generator=g) < 0.5)
+        offs.append(torch.randint(0, 9, (2, b), generator=g))
+    return order.to(device), torch.stack(flips).to(device), torch.stack(offs).to(device)
+
+
+def augment(x: torch.Tensor, flip: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+    """Random crop with 4-pixel zero padding and horizontal flip, for the whole batch at once, from the
+    step's draws (`flip`: (b,) bool, `off`: (2, b) offsets in 0..8, both on x's device)."""
     b, _, h, w = x.shape
-    flip = (torch.rand(b, generator=g) < 0.5).to(x.device)
-    off = torch.randint(0, 9, (2, b), generator=g).to(x.device)
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
     # Every 32x32 window of the padded batch as a view (b, c, 9, 9, h, w), then one window per image: the
     # same pixels as indexing rows and columns element by element, at a third of the cost on the CPU.
@@ -135,6 +151,7 @@ class Round:
     schedule_offset: int = 0          # lth: the lr schedule resumes at the rewind epoch
     schedule_epochs: int | None = None
     begin: Callable | None = None     # begin(model, masks) -> masks: prune / rewind at the round's start
+    level: float | None = None        # an iterative chain's level (a grid sparsity) this round completes
 
 
 @dataclass
@@ -191,7 +208,7 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
     step_model = torch.compile(model) if rt.compile else model
     g = torch.Generator().manual_seed(seed)
     masks = _to(recipe.masks, rt.device)
-    start_round, start_epoch, history, snapshots, before = 0, 0, [], {}, 0.0
+    start_round, start_epoch, history, snapshots, levels, before = 0, 0, [], {}, {}, 0.0
     if ckpt.exists():
         state = io.load(ckpt, "checkpoint", keys=("key", "round", "epoch", "model", "optimizer", "rng"))
         _refuse_other_key(ckpt, state["key"], key)
@@ -200,7 +217,7 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
         g.set_state(state["rng"]["data"])
         torch.set_rng_state(state["rng"]["torch"])
         start_round, start_epoch = state["round"], state["epoch"]
-        history, snapshots = state["history"], state["snapshots"]
+        history, snapshots, levels = state["history"], state["snapshots"], state.get("levels", {})
         before = float(state.get("train_seconds", 0.0))
     else:
         state = None
@@ -244,13 +261,17 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
             if ri == 0 and epoch + 1 in recipe.snapshots:
                 snapshots[epoch + 1] = _state_dict(model)
             log(total_epochs, metrics)
+            if rnd.level is not None and epoch + 1 == rnd.epochs:     # a chain's level: kept, and checkpointed
+                levels[rnd.level] = {"model": _state_dict(model), "masks": {n: m.cpu() for n, m in masks.items()},
+                                     "rounds": ri + 1, "epochs": total_epochs, "seconds": before + _clock() - t0}
             io.save({"kind": "checkpoint", "key": key, "round": ri, "epoch": epoch + 1, "model": _state_dict(model),
                      "optimizer": opt.state_dict(), "rng": _rng_state(g), "history": history,
                      "masks": None if masks is None else {n: m.cpu() for n, m in masks.items()},
-                     "snapshots": snapshots, "run_id": run_id, "train_seconds": before + _clock() - t0}, ckpt)
+                     "snapshots": snapshots, "levels": levels, "run_id": run_id,
+                     "train_seconds": before + _clock() - t0}, ckpt)
         state = None
     return {"model": model, "masks": masks, "history": history, "epochs": total_epochs, "snapshots": snapshots,
-            "seconds": before + _clock() - t0}
+            "levels": levels, "seconds": before + _clock() - t0}
 
 
 def _refuse_other_key(ckpt: Path, found: str, key: str) -> None:
@@ -282,7 +303,6 @@ def _weights(model: nn.Module, masks: dict) -> dict:
 def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, epoch, weights, masks) -> dict:
     step_model.train()
     n = len(data.train_y)
-    order = torch.randperm(n, generator=g).to(rt.device)
     loss_sum = torch.zeros((), device=rt.device)
     correct = torch.zeros((), device=rt.device)
     radius = None
@@ -290,21 +310,29 @@ def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, e
     first_bad = torch.full((), -1, dtype=torch.long, device=rt.device)
     # drop_last: every step sees a full batch (no tiny last batch that destabilises batch norm)
     steps = max(1, n // recipe.batch_size)
+    order, flips, offs = draw_epoch(n, recipe.batch_size, steps, g, rt.device)
     # The masks as 0/1 in the weights' dtype once per epoch, not converted from bool after every step.
     keep = None if weights is None else {k: m.to(weights[k].dtype) for k, m in masks.items()}
-    for i in range(steps):
-        idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-        x = augment(data.train_x[idx].float().div_(255), g)
-        y = data.train_y[idx]
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+
+    def step(x, y):
+        # autocast's weight-cast cache cannot live in a CUDA graph; without it the casts are the same.
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp, cache_enabled=not rt.graphs):
             loss, logits, radius = recipe.loss(step_model, x, y, epoch, data.normalize)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if weights is not None:
             M.apply(weights, keep)
+        return loss, logits, radius
+    if rt.graphs:
+        step = CapturedStep(step)
+    for i in range(steps):
+        idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+        x = augment(data.train_x[idx].float().div_(255), flips[i], offs[i])
+        y = data.train_y[idx]
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss, logits, radius = step(x, y)
         loss_sum += loss.detach().float() * len(y)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i, first_bad)
         correct += (logits.argmax(1) == y).sum()

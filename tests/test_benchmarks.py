@@ -1,6 +1,7 @@
 """The benchmark script runs (tiny sizes) and prints every row; no timing is asserted (see benchmarks/)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -38,3 +39,22 @@ def test_results_go_into_the_results_section(tmp_path):
     plain = tmp_path / "plain.md"
     write_results(plain, "| x |")
     assert plain.read_text() == "| x |\n"
+
+
+def test_gpu_check_runs_on_the_cpu_and_feeds_plan(tmp_path, env):
+    """The device check script (torch + the pipeline's core only) runs here with tiny sizes; its JSON is what
+    `python -m pipeline plan` prices the grid with."""
+    p = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for kind in ("dense", "masked", "kd", "fourier_kd", "eval"):
+        assert f"| resnet20 | {kind} |" in p.stdout
+    assert "captured vs eager: skipped (no CUDA device)" in p.stdout
+    (path,) = tmp_path.glob("throughput-*.json")
+    measured = json.loads(path.read_text())
+    assert set(measured["img_per_s"]["resnet20"]) == {"dense", "masked", "kd", "fourier_kd", "eval"}
+    assert all(v > 0 for v in measured["img_per_s"]["resnet20"].values())
+    p = subprocess.run([sys.executable, "-m", "pipeline", "plan", "--experiment", "smoke", "--throughput", str(path)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "INCOMPLETE" not in p.stdout and "total:" in p.stdout

@@ -88,6 +88,7 @@ CASES = {
     "typo-top-level-trian": (_const({"trian": {"epochs": 1}}), "trian"),
     "wrong-type-epochs": (_const({"train": {"epochs": "ten"}}), "train.epochs"),
     "wrong-type-compile": (_const({"runtime": {"compile": "yes"}}), "runtime.compile"),
+    "deterministic-maybe": (_const({"runtime": {"deterministic": "maybe"}}), "runtime.deterministic"),
     # lth trains from epoch k to the end of the 2 smoke epochs: k = 2 leaves nothing to train
     "lth-rewind-at-the-end": (_const({"train": {"save_epochs": [0, 2]}, "lth": {"rewind_epoch": 2}}),
                               "lth.rewind_epoch"),

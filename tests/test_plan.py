@@ -1,0 +1,79 @@
+"""`python -m pipeline plan`: jobs from the Snakefile, epochs per method as the recipes run them, images per
+job, and device-hours from a measured img/s file, checked against counts written out by hand."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline import config as C, plan as P
+
+from .conftest import run_stage
+
+# A hand-made measurement (img/s per arch and kind of step), as benchmarks/gpu_check.py writes it.
+RATES = {"resnet20": {"dense": 1024, "masked": 2048, "kd": 512, "fourier_kd": 256, "eval": 8192}}
+
+
+def test_heatmap_pairs_is_the_count_of_conjugate_pairs():
+    # 32 x 32 centred frequencies: 4 are their own conjugate ((0,0), (0,16), (16,0), (16,16)), the other
+    # 1,020 pair up: 4 + 510 = 514 evaluations.
+    assert P.heatmap_pairs(32) == 514
+    assert P.heatmap_pairs(4) == 4 + (16 - 4) // 2
+
+
+def test_epochs_per_method_follow_the_recipes():
+    cfg = C.load("smoke")        # retrain 2 epochs, full band at 0.5, imp 2 x 1, lth 2 rounds, dense 2 epochs
+    assert P.method_epochs(cfg, "finetune") == [("masked", 2)]
+    assert P.method_epochs(cfg, "kd") == [("kd", 2)]
+    assert P.method_epochs(cfg, "fourier_kd") == [("fourier_kd", 1), ("kd", 1)]
+    assert P.method_epochs(cfg, "imp") == [("masked", 2)]
+    assert P.method_epochs(cfg, "lth") == [("masked", 2 * (2 - cfg.lth.rewind_epoch))]
+    assert P.method_epochs(cfg, "gmp") == [("masked", 2)]
+    paper = C.load(None)         # 160 dense epochs, 40 retraining, full band at 0.7 -> epoch ceil(28) = 28
+    assert P.method_epochs(paper, "fourier_kd") == [("fourier_kd", 28), ("kd", 12)]
+    assert P.method_epochs(paper, "imp") == [("masked", 5 * 40)]
+    assert P.method_epochs(paper, "lr_rewind") == [("masked", 160)]
+    for m in paper.grid.methods:             # every method the grid may name has a cost model
+        assert sum(e for _, e in P.method_epochs(paper, m)) > 0
+    with pytest.raises(KeyError, match="magic"):
+        P.method_epochs(paper, "magic")
+
+
+def test_split_sizes():
+    assert P.split_sizes(C.load("smoke"), "synthetic") == (1152 - 128, 256)
+    assert P.split_sizes(C.load(None), "cifar10") == (45000, 10000)
+
+
+def test_estimate_counts_images_and_hours_per_job():
+    cfg = C.load("smoke")
+    rows = P.estimate(cfg, "smoke", {"img_per_s": RATES})
+    per_epoch = 1024                                          # 1152 synthetic images - 128 held out
+    assert rows["dense"]["images"] == 2 * per_epoch and rows["dense"]["seconds"] == pytest.approx(2.0)
+    assert rows["finetune"]["images"] == 2 * per_epoch and rows["finetune"]["seconds"] == pytest.approx(1.0)
+    # one epoch of the two-pass step at radius 4, then one plain kd epoch at the full band
+    assert rows["fourier_kd"]["seconds"] == pytest.approx(1024 / 256 + 1024 / 512)
+    lth_epochs = 2 * (2 - cfg.lth.rewind_epoch)
+    assert rows["lth"]["epochs"] == lth_epochs and rows["lth"]["seconds"] == pytest.approx(lth_epochs * 1024 / 2048)
+    # spectral: 8 bands (7 radii + full) x low/high x 256 test images (x2 with the teacher) + 16 x 514 heat map
+    spec = rows["spectral"]
+    no_teacher, with_teacher = 2 * 8 * 256 + 16 * 514, 2 * 8 * 256 * 2 + 16 * 514
+    n_with = spec["jobs"] - 1                                  # only the dense model's job has no teacher
+    assert spec["images"] == no_teacher + n_with * with_teacher
+    assert spec["seconds"] == pytest.approx(spec["images"] / 8192)
+    assert all(not r["missing"] for r in rows.values())
+
+
+def test_plan_cli_prints_rows_and_says_what_is_not_measured(tmp_path, env):
+    partial = tmp_path / "throughput-test.json"
+    partial.write_text(json.dumps({"device": "Test card", "date": "2026-11-27", "batch": 128, "width": 0.25,
+                                   "img_per_s": {"resnet20": {"dense": 1024}}}))
+    p = run_stage("plan", "--experiment", "smoke", "--throughput", partial, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "measured on Test card" in p.stdout
+    dense = next(line for line in p.stdout.splitlines() if line.startswith("dense "))
+    assert dense.split()[1:5] == ["1", "2", "0.002", "0.001"]       # 1 job, 2 epochs, 2,048 images, 2 s
+    assert "no measurement for resnet20/masked" in p.stdout and "INCOMPLETE" in p.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    p = run_stage("plan", "--experiment", "smoke", "--throughput", bad, env=env)
+    assert p.returncode == 3 and "bad.json" in p.stderr
