@@ -6,7 +6,7 @@ from collections import Counter
 
 import yaml
 
-from pipeline.config import ROOT, load
+from pipeline.config import CHAIN_METHODS, ROOT, load
 from pipeline.dag import export_dvc, snakemake_jobs
 
 
@@ -35,13 +35,21 @@ def test_paper_grid_plans_every_stage_and_cell():
     jobs = snakemake_jobs(None)
     counts = Counter(j["rule"] for j in jobs)
     n_s, n_m = len(g.sparsities), len(g.methods)
+    chained = [m for m in g.methods if m in CHAIN_METHODS]      # one chain per dense network serves every sparsity
+    assert chained == ["imp", "lth", "lth_init"]
     assert counts == {"prepare": len(g.datasets), "train_dense": cells, "prune": cells * n_s,
-                      "retrain": cells * n_s * n_m, "spectral_dense": cells, "spectral_pruned": cells * n_s,
-                      "spectral": cells * n_s * n_m, "report": 1}
+                      "retrain": cells * n_s * (n_m - len(chained)), "chain": cells * len(chained),
+                      "spectral_dense": cells, "spectral_pruned": cells * n_s, "spectral": cells * n_s * n_m,
+                      "report": 1}
     planned = {(j["wildcards"]["dataset"], j["wildcards"]["arch"], j["wildcards"]["seed"], j["wildcards"]["sparsity"],
                 j["wildcards"]["method"]) for j in jobs if j["rule"] == "retrain"}
     assert planned == {(d, a, str(s), str(sp), m) for d in g.datasets for a in g.archs for s in g.seeds
-                       for sp in g.sparsities for m in g.methods}
+                       for sp in g.sparsities for m in g.methods if m not in chained}
+    # every chain writes the retrained model of each sparsity, where the spectral jobs and the report read it
+    chain_outs = {o for j in jobs if j["rule"] == "chain" for o in j["outs"]}
+    assert {d for j in jobs if j["rule"] == "spectral" and j["wildcards"]["method"] in chained
+            for d in j["deps"] if d.endswith("model.pt") and "/retrain/" in d} <= chain_outs
+    assert len(chain_outs) == 2 * cells * n_s * len(chained)
     assert set(g.datasets) == {"cifar10", "cifar100"} and set(g.archs) == {"resnet20", "resnet56", "vgg16_bn"}
 
 
