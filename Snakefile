@@ -13,6 +13,7 @@
 configfile: "params.yaml"
 
 from pipeline.config import METHOD_PARAMS, validate    # torch-free: a no-op rerun stays fast
+from pipeline import resources as R                     # threads, mem_mb, runtime, gpu per rule (torch-free)
 
 CFG = validate(config)               # the whole config is checked before any job starts
 EXPERIMENT = CFG.name
@@ -48,8 +49,12 @@ rule prepare:
         info=RUNS + "/data/{dataset}.pt.json",
     params:
         cfg=lambda wc: section(f"datasets.{wc.dataset}", "data"),
+    threads: R.threads(CFG, "prepare")
+    resources:
+        **R.rule_resources(CFG, "prepare"),
     shell:
-        "python -m pipeline prepare --experiment {EXPERIMENT} --dataset {wildcards.dataset} --out {output.data}"
+        "python -m pipeline prepare --experiment {EXPERIMENT} --threads {threads}"
+        " --dataset {wildcards.dataset} --out {output.data}"
 
 
 rule train_dense:
@@ -62,8 +67,12 @@ rule train_dense:
         metrics=DENSE + "/metrics.json",
     params:
         cfg=section("model", "train", "runtime"),
+    threads: R.threads(CFG, "train_dense")
+    resources:
+        **R.rule_resources(CFG, "train_dense"),
     shell:
-        "python -m pipeline train_dense --experiment {EXPERIMENT} --dataset {wildcards.dataset} --arch {wildcards.arch}"
+        "python -m pipeline train_dense --experiment {EXPERIMENT} --threads {threads}"
+        " --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --data {input.data} --out {output.model}"
 
 
@@ -76,8 +85,12 @@ rule prune:
         stats=PRUNED + "/mask.json",
     params:
         cfg=section("prune"),
+    threads: R.threads(CFG, "prune")
+    resources:
+        **R.rule_resources(CFG, "prune"),
     shell:
-        "python -m pipeline prune --experiment {EXPERIMENT} --dataset {wildcards.dataset} --arch {wildcards.arch}"
+        "python -m pipeline prune --experiment {EXPERIMENT} --threads {threads}"
+        " --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --sparsity {wildcards.sparsity} --dense {input.dense} --out {output.mask}"
 
 
@@ -93,8 +106,12 @@ rule retrain:
         metrics=RETRAINED + "/metrics.json",
     params:
         cfg=lambda wc: section(*METHOD_PARAMS[wc.method]),
+    threads: R.threads(CFG, "retrain")
+    resources:
+        **R.rule_resources(CFG, "retrain"),
     shell:
-        "python -m pipeline retrain --experiment {EXPERIMENT} --dataset {wildcards.dataset} --arch {wildcards.arch}"
+        "python -m pipeline retrain --experiment {EXPERIMENT} --threads {threads}"
+        " --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --sparsity {wildcards.sparsity} --method {wildcards.method}"
         " --data {input.data} --dense {input.dense} --snapshots {input.snapshots} --mask {input.mask}"
         " --out {output.model}"
@@ -110,8 +127,12 @@ rule spectral_dense:
         heatmap=SPECTRAL + "/dense_heatmap.pt",
     params:
         cfg=section("spectral"),
+    threads: R.threads(CFG, "spectral_dense")
+    resources:
+        **R.rule_resources(CFG, "spectral_dense"),
     shell:
-        "python -m pipeline spectral --experiment {EXPERIMENT} --data {input.data} --model {input.model}"
+        "python -m pipeline spectral --experiment {EXPERIMENT} --threads {threads}"
+        " --data {input.data} --model {input.model}"
         " --out {output.json} --tag dataset={wildcards.dataset} --tag arch={wildcards.arch}"
         " --tag seed={wildcards.seed} --tag sparsity=0.0 --tag method=dense"
 
@@ -127,8 +148,12 @@ rule spectral_pruned:
         heatmap=SPECTRAL + "/s{sparsity}/pruned_heatmap.pt",
     params:
         cfg=section("spectral"),
+    threads: R.threads(CFG, "spectral_pruned")
+    resources:
+        **R.rule_resources(CFG, "spectral_pruned"),
     shell:
-        "python -m pipeline spectral --experiment {EXPERIMENT} --data {input.data} --model {input.model}"
+        "python -m pipeline spectral --experiment {EXPERIMENT} --threads {threads}"
+        " --data {input.data} --model {input.model}"
         " --mask {input.mask} --teacher {input.model} --out {output.json} --tag dataset={wildcards.dataset}"
         " --tag arch={wildcards.arch} --tag seed={wildcards.seed} --tag sparsity={wildcards.sparsity}"
         " --tag method=pruned"
@@ -145,8 +170,12 @@ rule spectral:
         heatmap=SPECTRAL + "/s{sparsity}/{method}_heatmap.pt",
     params:
         cfg=section("spectral"),
+    threads: R.threads(CFG, "spectral")
+    resources:
+        **R.rule_resources(CFG, "spectral"),
     shell:
-        "python -m pipeline spectral --experiment {EXPERIMENT} --data {input.data} --model {input.model}"
+        "python -m pipeline spectral --experiment {EXPERIMENT} --threads {threads}"
+        " --data {input.data} --model {input.model}"
         " --teacher {input.teacher} --out {output.json} --tag dataset={wildcards.dataset}"
         " --tag arch={wildcards.arch} --tag seed={wildcards.seed} --tag sparsity={wildcards.sparsity}"
         " --tag method={wildcards.method}"
@@ -170,5 +199,8 @@ rule report:
         plots=report(directory(f"{REPORT}/figures"), patterns=["{name}.png"], category="Figures"),
     params:
         cfg=section("report", "grid"),
+    threads: R.threads(CFG, "report")
+    resources:
+        **R.rule_resources(CFG, "report"),
     shell:
         "python -m pipeline report --experiment {EXPERIMENT}"

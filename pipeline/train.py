@@ -30,13 +30,17 @@ class Runtime:
     compile: bool
 
 
+def set_threads(n: int) -> None:
+    """CPU threads of this process: a job's share (--threads from its scheduler), 0 = every core."""
+    torch.set_num_threads(n or os.cpu_count() or 1)
+
+
 def runtime(cfg) -> Runtime:
-    """Resolve the runtime section: device, precision, memory format, threads, determinism."""
+    """Resolve the runtime section: device, precision, memory format, determinism (threads: set_threads)."""
     r = cfg.runtime
     cuda = torch.cuda.is_available() and r.device != "cpu"
     if r.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("runtime.device = 'cuda' but no CUDA device is available")
-    torch.set_num_threads(r.threads or os.cpu_count() or 1)
     if r.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=cuda)
