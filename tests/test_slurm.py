@@ -185,3 +185,12 @@ def test_a_job_cancelled_mid_epoch_is_resubmitted_and_resumes_from_its_checkpoin
     assert not list(checkpoints.glob("retrain-*.pt"))               # its work done, the checkpoint is removed
     retrain = [r for r in mlflow_runs(dag["url"]) if r.data.tags["stage"] == "retrain"]
     assert len(retrain) == 2 and {r.info.status for r in retrain} == {"FINISHED"}   # resumed in the same run
+
+
+def test_a_missing_cluster_skips_locally_and_fails_on_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no slurmd here"):
+        unavailable("no slurmd here")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="SLURM test could not run on CI: no slurmd here"):
+        unavailable("no slurmd here")
