@@ -2,12 +2,14 @@
 #
 #   snakemake --cores all                                      the paper's grid (params.yaml)
 #   snakemake --cores all --configfile configs/smoke.yaml     the whole DAG in minutes on a CPU
+#   snakemake --profile profiles/slurm                         every job a SLURM job (README: Running on a cluster)
 #
 # Method: a dense network is trained (the teacher); magnitude-based pruning (MBP) of its weights gives the
 # pruned topology (the mask); the pruned network is retrained, by the paper with knowledge distillation from
 # the teacher on inputs whose low-pass radius grows from low to high frequencies (fourier_kd), and by the
 # traditional MBP baselines at the same budget; every model is then evaluated band by band; a report
-# states the paper's claims and our verdicts. Rules hold no logic: each calls `python -m pipeline <stage>`.
+# states the paper's claims and our verdicts. Rules hold no logic: each calls `python -m pipeline <stage>`,
+# and declares the threads and resources (memory, run time, GPUs) the config's resources section gives it.
 # dvc.yaml is generated from this file (python -m pipeline export_dvc), so the DAG is defined only here.
 
 configfile: "params.yaml"

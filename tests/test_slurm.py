@@ -187,6 +187,18 @@ def test_a_job_cancelled_mid_epoch_is_resubmitted_and_resumes_from_its_checkpoin
     assert len(retrain) == 2 and {r.info.status for r in retrain} == {"FINISHED"}   # resumed in the same run
 
 
+def test_gpu_requests_get_the_nodes_fake_gpus(cluster, tmp_path):
+    """resources.gpu = 1 becomes sbatch --gpus=1: the job sees one of the node's 2 GPUs; 3 cannot be had."""
+    env = {**os.environ, "SLURM_CONF": str(cluster / "slurm.conf")}
+    r = subprocess.run(["sbatch", "--wait", "--gpus=1", "-o", str(tmp_path / "out"), "--wrap",
+                        "echo $CUDA_VISIBLE_DEVICES"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out").read_text().split() == ["0"]
+    r = subprocess.run(["sbatch", "--gpus=3", "--wrap", "true"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0 and "not available" in r.stderr, r.stderr
+
+
 def test_a_missing_cluster_skips_locally_and_fails_on_ci(monkeypatch):
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="no slurmd here"):
