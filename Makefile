@@ -7,7 +7,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # Real-data tests read the CIFAR-10 JPEG copy from here (skipped with a reason when it is absent).
 export CIFAR10_JPEG_DIR ?= $(abspath ../shared/data/cifar10-jpeg)
 
-.PHONY: install smoke reproduce test ui bench dvc-smoke clean-smoke
+.PHONY: install smoke reproduce reproduce-slurm test ui bench dvc-smoke clean-smoke
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -21,6 +21,9 @@ smoke: $(STAMP)          ## the whole DAG on the smoke experiment (synthetic dat
 
 reproduce: $(STAMP)      ## the paper's grid (needs internet for CIFAR and, in practice, a GPU)
 	snakemake --cores all
+
+reproduce-slurm: $(STAMP) ## the paper's grid, every job a SLURM job (profiles/slurm; README: Running on a cluster)
+	snakemake --profile profiles/slurm $(SNAKEMAKE_ARGS)
 
 test: $(STAMP)           ## unit, reliability and end-to-end tests (offline)
 	$(PY) -m pytest -q

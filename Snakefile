@@ -2,17 +2,20 @@
 #
 #   snakemake --cores all                                      the paper's grid (params.yaml)
 #   snakemake --cores all --configfile configs/smoke.yaml     the whole DAG in minutes on a CPU
+#   snakemake --profile profiles/slurm                         every job a SLURM job (README: Running on a cluster)
 #
 # Method: a dense network is trained (the teacher); magnitude-based pruning (MBP) of its weights gives the
 # pruned topology (the mask); the pruned network is retrained, by the paper with knowledge distillation from
 # the teacher on inputs whose low-pass radius grows from low to high frequencies (fourier_kd), and by the
 # traditional MBP baselines at the same budget; every model is then evaluated band by band; a report
-# states the paper's claims and our verdicts. Rules hold no logic: each calls `python -m pipeline <stage>`.
+# states the paper's claims and our verdicts. Rules hold no logic: each calls `python -m pipeline <stage>`,
+# and declares the threads and resources (memory, run time, GPUs) the config's resources section gives it.
 # dvc.yaml is generated from this file (python -m pipeline export_dvc), so the DAG is defined only here.
 
 configfile: "params.yaml"
 
 from pipeline.config import CHAIN_METHODS, METHOD_PARAMS, METHODS, check_snakemake   # torch-free: fast no-op reruns
+from pipeline import resources as R                     # threads, mem_mb, runtime, gpu per rule (torch-free)
 
 # The whole config is checked before any job starts, as `python -m pipeline` checks it (the experiment's
 # name included), and must be what the jobs will load with --experiment.
@@ -51,8 +54,12 @@ rule prepare:
         info=RUNS + "/data/{dataset}.pt.json",
     params:
         cfg=lambda wc: section(f"datasets.{wc.dataset}", "data"),
+    threads: R.threads(CFG, "prepare")
+    resources:
+        **R.rule_resources(CFG, "prepare"),
     shell:
-        "python -m pipeline prepare --experiment {EXPERIMENT} --dataset {wildcards.dataset} --out {output.data}"
+        "python -m pipeline prepare --experiment {EXPERIMENT} --threads {threads}"
+        " --dataset {wildcards.dataset} --out {output.data}"
 
 
 rule train_dense:
@@ -65,8 +72,12 @@ rule train_dense:
         metrics=DENSE + "/metrics.json",
     params:
         cfg=section("model", "train", "runtime"),
+    threads: R.threads(CFG, "train_dense")
+    resources:
+        **R.rule_resources(CFG, "train_dense"),
     shell:
-        "python -m pipeline train_dense --experiment {EXPERIMENT} --dataset {wildcards.dataset} --arch {wildcards.arch}"
+        "python -m pipeline train_dense --experiment {EXPERIMENT} --threads {threads}"
+        " --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --data {input.data} --out {output.model}"
 
 
@@ -79,8 +90,12 @@ rule prune:
         stats=PRUNED + "/mask.json",
     params:
         cfg=section("prune"),
+    threads: R.threads(CFG, "prune")
+    resources:
+        **R.rule_resources(CFG, "prune"),
     shell:
-        "python -m pipeline prune --experiment {EXPERIMENT} --dataset {wildcards.dataset} --arch {wildcards.arch}"
+        "python -m pipeline prune --experiment {EXPERIMENT} --threads {threads}"
+        " --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --sparsity {wildcards.sparsity} --dense {input.dense} --out {output.mask}"
 
 
@@ -98,8 +113,12 @@ rule retrain:
         method=ONE_SHOT,
     params:
         cfg=lambda wc: section(*METHOD_PARAMS[wc.method]),
+    threads: R.threads(CFG, "retrain")
+    resources:
+        **R.rule_resources(CFG, "retrain"),
     shell:
-        "python -m pipeline retrain --experiment {EXPERIMENT} --dataset {wildcards.dataset} --arch {wildcards.arch}"
+        "python -m pipeline retrain --experiment {EXPERIMENT} --threads {threads}"
+        " --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --sparsity {wildcards.sparsity} --method {wildcards.method}"
         " --data {input.data} --dense {input.dense} --snapshots {input.snapshots} --mask {input.mask}"
         " --out {output.model}"
@@ -121,8 +140,11 @@ rule chain:
         method="|".join(CHAIN_METHODS),
     params:
         cfg=lambda wc: section(*METHOD_PARAMS[wc.method], "grid.sparsities"),
+    threads: R.threads(CFG, "chain")
+    resources:
+        **R.rule_resources(CFG, "chain"),
     shell:
-        "python -m pipeline chain --experiment {EXPERIMENT} --dataset {wildcards.dataset} --arch {wildcards.arch}"
+        "python -m pipeline chain --experiment {EXPERIMENT} --threads {threads} --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --method {wildcards.method} --data {input.data} --dense {input.dense}"
         " --snapshots {input.snapshots} --out-dir " + RUNS + "/retrain/{wildcards.dataset}/{wildcards.arch}/seed{wildcards.seed}"
 
@@ -137,8 +159,12 @@ rule spectral_dense:
         heatmap=SPECTRAL + "/dense_heatmap.pt",
     params:
         cfg=section("spectral"),
+    threads: R.threads(CFG, "spectral_dense")
+    resources:
+        **R.rule_resources(CFG, "spectral_dense"),
     shell:
-        "python -m pipeline spectral --experiment {EXPERIMENT} --data {input.data} --model {input.model}"
+        "python -m pipeline spectral --experiment {EXPERIMENT} --threads {threads}"
+        " --data {input.data} --model {input.model}"
         " --out {output.json} --tag dataset={wildcards.dataset} --tag arch={wildcards.arch}"
         " --tag seed={wildcards.seed} --tag sparsity=0.0 --tag method=dense"
 
@@ -155,8 +181,12 @@ rule spectral_pruned:
         heatmap=SPECTRAL + "/s{sparsity}/pruned_heatmap.pt",
     params:
         cfg=section("spectral"),
+    threads: R.threads(CFG, "spectral_pruned")
+    resources:
+        **R.rule_resources(CFG, "spectral_pruned"),
     shell:
-        "python -m pipeline spectral --experiment {EXPERIMENT} --data {input.data} --model {input.model}"
+        "python -m pipeline spectral --experiment {EXPERIMENT} --threads {threads}"
+        " --data {input.data} --model {input.model}"
         " --mask {input.mask} --control-seed {wildcards.seed} --teacher {input.model} --out {output.json}"
         " --tag dataset={wildcards.dataset}"
         " --tag arch={wildcards.arch} --tag seed={wildcards.seed} --tag sparsity={wildcards.sparsity}"
@@ -174,8 +204,12 @@ rule spectral:
         heatmap=SPECTRAL + "/s{sparsity}/{method}_heatmap.pt",
     params:
         cfg=section("spectral"),
+    threads: R.threads(CFG, "spectral")
+    resources:
+        **R.rule_resources(CFG, "spectral"),
     shell:
-        "python -m pipeline spectral --experiment {EXPERIMENT} --data {input.data} --model {input.model}"
+        "python -m pipeline spectral --experiment {EXPERIMENT} --threads {threads}"
+        " --data {input.data} --model {input.model}"
         " --teacher {input.teacher} --out {output.json} --tag dataset={wildcards.dataset}"
         " --tag arch={wildcards.arch} --tag seed={wildcards.seed} --tag sparsity={wildcards.sparsity}"
         " --tag method={wildcards.method}"
@@ -199,5 +233,8 @@ rule report:
         plots=report(directory(f"{REPORT}/figures"), patterns=["{name}.png"], category="Figures"),
     params:
         cfg=section("report", "grid"),
+    threads: R.threads(CFG, "report")
+    resources:
+        **R.rule_resources(CFG, "report"),
     shell:
         "python -m pipeline report --experiment {EXPERIMENT}"

@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help)
         s.add_argument("--experiment", default=None, help="experiment name (configs/<name>.yaml) or path; default: "
                                                        "params.yaml alone (the paper)")
+        s.add_argument("--threads", type=int, default=None,
+                       help="CPU threads of this job (the DAG passes its resources.threads); default: runtime.threads")
         for a in args:
             kind = {"--seed": int, "--sparsity": float}.get(a, str)
             s.add_argument(a, required=True, type=kind)
@@ -59,7 +61,9 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = load(args.experiment)                 # the whole config is checked before anything else
-        kw = {k: v for k, v in vars(args).items() if k not in ("stage", "experiment", "throughput")}
+        if args.threads is not None and args.threads < 1:
+            raise ConfigError(f"--threads = {args.threads}: must be a positive integer")
+        kw = {k: v for k, v in vars(args).items() if k not in ("stage", "experiment", "threads", "throughput")}
         if args.stage == "validate":
             print(f"ok: experiment {cfg.name}")
             return 0
@@ -87,6 +91,8 @@ def main(argv=None) -> int:
             chain(cfg, **kw)
             return 0
         from . import stages
+        from .train import set_threads
+        set_threads(args.threads or cfg.runtime.threads)   # the job's share of the machine, from its scheduler
         if args.stage == "spectral":
             tags = dict(t.split("=", 1) for t in kw.pop("tag"))
             stages.spectral(cfg, tags=tags, **kw)

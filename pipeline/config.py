@@ -150,6 +150,22 @@ class RuntimeCfg:
 
 
 @dataclass
+class ResourcesCfg:
+    """What a job asks of the scheduler (pipeline/resources.py; params.yaml documents each key)."""
+    threads: int = 4
+    mem_mb: int = 8000
+    gpu: int = 1
+    light_mem_mb: int = 4000
+    minutes_per_epoch: dict[str, float] = field(
+        default_factory=lambda: {"resnet20": 0.5, "resnet56": 1.5, "vgg16_bn": 1.0})
+    runtime_margin: float = 1.5
+    runtime_min: int = 10
+
+
+TRACKING_SCHEMES = ("sqlite:///", "http://", "https://")
+
+
+@dataclass
 class TrackingCfg:
     uri: str = "sqlite:///mlruns.db"
 
@@ -177,6 +193,7 @@ class Config:
     gmp: GmpCfg
     spectral: SpectralCfg
     runtime: RuntimeCfg
+    resources: ResourcesCfg
     tracking: TrackingCfg
     report: ReportCfg
 
@@ -440,6 +457,19 @@ def _check(c: Config) -> None:
           "auto, true or false")
     _need(not (r.cuda_graphs is True and r.compile), "runtime.cuda_graphs", r.cuda_graphs,
           "false (or auto) while runtime.compile is true: a compiled model is not captured as well")
+    res = c.resources
+    for k in ("threads", "mem_mb", "light_mem_mb", "runtime_min"):
+        _need(getattr(res, k) > 0, f"resources.{k}", getattr(res, k), "a positive integer")
+    _need(res.gpu >= 0, "resources.gpu", res.gpu, "a non-negative integer (0 = CPU only)")
+    _need(res.runtime_margin >= 1, "resources.runtime_margin", res.runtime_margin, ">= 1")
+    for a in g.archs:
+        _need(a in res.minutes_per_epoch, "resources.minutes_per_epoch", res.minutes_per_epoch,
+              f"a mapping with a cost for every arch of the grid (missing: {a})")
+    for a, m in res.minutes_per_epoch.items():
+        _need(m > 0, f"resources.minutes_per_epoch.{a}", m, "positive (minutes)")
+    _need(c.tracking.uri.startswith(TRACKING_SCHEMES), "tracking.uri", c.tracking.uri,
+          f"an MLflow store starting with one of {TRACKING_SCHEMES} (a SQLite file, or a tracking server "
+          f"http://host:port)")
 
 
 def lookup(d: dict, dotted: str):

@@ -5,9 +5,9 @@ zeroes exactly round(s * n) of them (ties broken by position, so the mask is det
 """
 from __future__ import annotations
 
-import math
-
 import torch
+
+from .budget import chain_targets, iterative_targets  # noqa: F401 - the rounds' targets live with the budget
 
 
 def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -67,30 +67,6 @@ def stats(masks: dict) -> dict:
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
     return {"sparsity": 1.0 - kept / total, "kept": kept, "total": total, "layers": layers}
-
-
-def iterative_targets(sparsity: float, rounds: int) -> list[float]:
-    """Sparsity after each round when every round prunes the same fraction of the remaining weights;
-    the last round lands exactly on `sparsity`."""
-    keep = (1.0 - sparsity) ** (1.0 / rounds)
-    return [1.0 - keep ** r for r in range(1, rounds)] + [sparsity]
-
-
-def chain_targets(levels: list[float], rounds: int) -> list[tuple[float, float | None]]:
-    """ONE iterative chain through every level (the grid's sparsities): [(sparsity after the round, the level
-    it completes or None)]. Every round prunes about the fraction that `rounds` equal rounds to the highest
-    level would: each level gets a whole number of rounds (at least one; halves round up), which prune equal
-    fractions, its last landing exactly on the level. A single level gives exactly iterative_targets(level,
-    rounds): the chain is the per-target schedule when the grid has one sparsity."""
-    levels = sorted(levels)
-    keep = (1.0 - levels[-1]) ** (1.0 / rounds)          # per-round fraction kept, for the highest level
-    out, prev = [], 0.0
-    for s in levels:
-        n = max(1, math.floor(math.log((1.0 - s) / (1.0 - prev)) / math.log(keep) + 0.5))
-        k = ((1.0 - s) / (1.0 - prev)) ** (1.0 / n)
-        out += [(1.0 - (1.0 - prev) * k ** r, None) for r in range(1, n)] + [(s, s)]
-        prev = s
-    return out
 
 
 def cubic_sparsity(t: float, start: float, end: float, final: float) -> float:

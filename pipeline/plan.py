@@ -14,41 +14,14 @@ validation passes, checkpoints and data preparation are left out (seconds per jo
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import defaultdict
 from pathlib import Path
 
-from . import masks as M
+from .budget import heatmap_pairs, method_epochs, spectral_images, total_epochs  # noqa: F401 - tests use them
 from .config import Config, ROOT, resolve_path
 
-# The kind of training step each method runs; its measured img/s prices its epochs. fourier_kd and its
-# reverse run the two-student-pass step ("fourier_kd": filter + teacher + 2 student passes) until the full
-# band and the plain kd step after; freq_ce (one filtered student pass, no teacher) is priced as a masked step
-# (its FFT is 0.2% of a step, benchmarks/README.md); gmp trains with a mask from its first pruning epoch on.
-STEP = {"dense": "dense", "finetune": "masked", "finetune_layerwise": "masked", "random": "masked",
-        "kd": "kd", "fourier_kd": "fourier_kd", "fourier_kd_reverse": "fourier_kd", "freq_ce": "masked",
-        "imp": "masked", "lth": "masked", "lth_init": "masked", "lr_rewind": "masked", "gmp": "masked"}
 FULL_SIZES = {"cifar10": (50000, 10000), "cifar100": (50000, 10000)}   # torchvision train / test images
-
-
-def method_epochs(cfg: Config, method: str, levels: list[float] | None = None) -> list[tuple[str, int]]:
-    """[(step kind, epochs)] that one retraining job of `method` runs (what methods.py's recipes run); for
-    the iterative methods, the chain through `levels` (default: one target, the per-target schedule)."""
-    c = cfg
-    one_shot = c.retrain.epochs
-    if method in ("fourier_kd", "fourier_kd_reverse"):
-        filtered = min(one_shot, math.ceil(round(c.distill.full_band_at * one_shot, 9)))
-        return [("fourier_kd", filtered), ("kd", one_shot - filtered)]
-    imp_rounds = len(M.chain_targets(levels or [0.5], c.imp.rounds))
-    lth_rounds = len(M.chain_targets(levels or [0.5], c.lth.rounds))
-    per = {"imp": imp_rounds * c.imp.epochs_per_round,
-           "lth": lth_rounds * (c.train.epochs - c.lth.rewind_epoch),
-           "lth_init": lth_rounds * c.train.epochs,
-           "lr_rewind": c.train.epochs, "gmp": c.train.epochs}
-    if method not in STEP:
-        raise KeyError(f"plan: method {method!r} has no cost model (add it to pipeline/plan.py STEP)")
-    return [(STEP[method], per.get(method, one_shot))]
 
 
 def _count_images(folder: Path) -> int:
@@ -68,20 +41,6 @@ def split_sizes(cfg: Config, dataset: str) -> tuple[int, int]:
     train = min(d.train_size or full[0], full[0])
     test = min(d.test_size or full[1], full[1])
     return train - d.val_size, test
-
-
-def heatmap_pairs(size: int = 32) -> int:
-    """Conjugate pairs of centred frequencies the heat map evaluates (spectral.heatmap evaluates each once)."""
-    return len({min((i % size, j % size), (-i % size, -j % size))
-                for i in range(-size // 2, size // 2) for j in range(-size // 2, size // 2)})
-
-
-def spectral_images(cfg: Config, test: int, teacher: bool) -> int:
-    """Forward passes (in images) of one spectral job: low- and high-pass test sets at every radius and the
-    full band, again for the teacher when agreement is measured, and the heat map."""
-    s = cfg.spectral
-    bands = 2 * (len(s.radii) + 1) * test * (2 if teacher else 1)
-    return bands + min(s.heatmap_images, test) * heatmap_pairs()
 
 
 def job_cost(cfg: Config, job: dict, sizes: dict) -> tuple[str, list[tuple[str, int]]]:
@@ -123,7 +82,7 @@ def estimate(cfg: Config, experiment: str | None, throughput: dict | None) -> di
             r["epochs"] += cfg.train.epochs
         elif job["rule"] in ("retrain", "chain"):
             levels = cfg.grid.sparsities if job["rule"] == "chain" else None
-            r["epochs"] += sum(e for _, e in method_epochs(cfg, job["wildcards"]["method"], levels))
+            r["epochs"] += total_epochs(cfg, job["wildcards"]["method"], levels)
         for kind, images in parts:
             r["images"] += images
             rate = rates.get(job["wildcards"]["arch"], {}).get(kind)

@@ -1,9 +1,11 @@
 """MLflow: every job is one run (tags for stage, dataset, arch, seed, sparsity, method; the resolved params;
 the git commit; the data checksum; per-epoch metrics; artifacts).
 
-Parallel jobs share one SQLite store. SQLite allows one writer at a time, so every call here holds an
-exclusive file lock beside the store (and retries with backoff if the database still reports itself
-locked): no lost run, no lost metric, no "database is locked" failure. A resumed job continues its run.
+On one machine, parallel jobs share one SQLite store. SQLite allows one writer at a time, so every call here
+holds an exclusive file lock beside the store (and retries with backoff if the database still reports itself
+locked): no lost run, no lost metric, no "database is locked" failure. On a cluster, jobs on many nodes log
+to an MLflow tracking server (http(s)://host:port), which serialises writes itself: no lock then (a file lock
+on a network filesystem is not to be trusted). A resumed job continues its run.
 """
 from __future__ import annotations
 
@@ -37,7 +39,10 @@ def check_uri(cfg: Config) -> str:
     return uri
 
 
-def _lock_path(uri: str) -> Path:
+def _lock_path(uri: str) -> Path | None:
+    """The lock file beside a SQLite store; None for a tracking server (it serialises writes itself)."""
+    if uri.startswith(("http://", "https://")):
+        return None
     if uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///"):] + ".lock")
     return ROOT / ".mlflow.lock"
@@ -80,7 +85,7 @@ class Run:
         if exp is None:
             # Artifacts beside a SQLite store (tests and users moving the store move them too).
             art = (self.lock.parent / "mlartifacts" / self.experiment).resolve().as_uri() \
-                if self.uri.startswith("sqlite:///") else None
+                if self.uri.startswith("sqlite:///") else None      # a server: its artifact root
             exp_id = self.client.create_experiment(self.experiment, artifact_location=art)
         else:
             exp_id = exp.experiment_id
@@ -107,6 +112,9 @@ class Run:
 
     @contextmanager
     def _locked(self):
+        if self.lock is None:
+            yield
+            return
         with open(self.lock, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:

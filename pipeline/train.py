@@ -34,13 +34,17 @@ class Runtime:
     graphs: bool = False   # CUDA graphs: the training step captured once per epoch and replayed (captured.py)
 
 
+def set_threads(n: int) -> None:
+    """CPU threads of this process: a job's share (--threads from its scheduler), 0 = every core."""
+    torch.set_num_threads(n or os.cpu_count() or 1)
+
+
 def runtime(cfg) -> Runtime:
-    """Resolve the runtime section: device, precision, memory format, threads, determinism."""
+    """Resolve the runtime section: device, precision, memory format, determinism (threads: set_threads)."""
     r = cfg.runtime
     cuda = torch.cuda.is_available() and r.device != "cpu"
     if r.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("runtime.device = 'cuda' but no CUDA device is available")
-    torch.set_num_threads(r.threads or os.cpu_count() or 1)
     # auto: bit-identical reruns where they are possible (the CPU); on CUDA they are not anyway (cuDNN,
     # atomics), and deterministic kernels there cost speed.
     deterministic = r.deterministic is True or (r.deterministic == "auto" and not cuda)

@@ -1,0 +1,78 @@
+"""What a job costs, counted before it runs, torch-free (the Snakefile's resources and `plan` both use it):
+the rounds of the iterative methods (their pruning targets), the epochs and the kind of training step of
+every method, and the forward passes of a spectral job."""
+from __future__ import annotations
+
+import math
+
+from .config import Config
+
+
+def iterative_targets(sparsity: float, rounds: int) -> list[float]:
+    """Sparsity after each round when every round prunes the same fraction of the remaining weights;
+    the last round lands exactly on `sparsity`."""
+    keep = (1.0 - sparsity) ** (1.0 / rounds)
+    return [1.0 - keep ** r for r in range(1, rounds)] + [sparsity]
+
+
+def chain_targets(levels: list[float], rounds: int) -> list[tuple[float, float | None]]:
+    """ONE iterative chain through every level (the grid's sparsities): [(sparsity after the round, the level
+    it completes or None)]. Every round prunes about the fraction that `rounds` equal rounds to the highest
+    level would: each level gets a whole number of rounds (at least one; halves round up), which prune equal
+    fractions, its last landing exactly on the level. A single level gives exactly iterative_targets(level,
+    rounds): the chain is the per-target schedule when the grid has one sparsity."""
+    levels = sorted(levels)
+    keep = (1.0 - levels[-1]) ** (1.0 / rounds)          # per-round fraction kept, for the highest level
+    out, prev = [], 0.0
+    for s in levels:
+        n = max(1, math.floor(math.log((1.0 - s) / (1.0 - prev)) / math.log(keep) + 0.5))
+        k = ((1.0 - s) / (1.0 - prev)) ** (1.0 / n)
+        out += [(1.0 - (1.0 - prev) * k ** r, None) for r in range(1, n)] + [(s, s)]
+        prev = s
+    return out
+
+
+# The kind of training step each method runs; its measured img/s prices its epochs. fourier_kd and its
+# reverse run the two-student-pass step ("fourier_kd": filter + teacher + 2 student passes) until the full
+# band and the plain kd step after; freq_ce (one filtered student pass, no teacher) is priced as a masked step
+# (its FFT is 0.2% of a step, benchmarks/README.md); gmp trains with a mask from its first pruning epoch on.
+STEP = {"dense": "dense", "finetune": "masked", "finetune_layerwise": "masked", "random": "masked",
+        "kd": "kd", "fourier_kd": "fourier_kd", "fourier_kd_reverse": "fourier_kd", "freq_ce": "masked",
+        "imp": "masked", "lth": "masked", "lth_init": "masked", "lr_rewind": "masked", "gmp": "masked"}
+
+
+def method_epochs(cfg: Config, method: str, levels: list[float] | None = None) -> list[tuple[str, int]]:
+    """[(step kind, epochs)] that one retraining job of `method` runs (what methods.py's recipes run); for
+    the iterative methods, the chain through `levels` (default: one target, the per-target schedule)."""
+    c = cfg
+    one_shot = c.retrain.epochs
+    if method in ("fourier_kd", "fourier_kd_reverse"):
+        filtered = min(one_shot, math.ceil(round(c.distill.full_band_at * one_shot, 9)))
+        return [("fourier_kd", filtered), ("kd", one_shot - filtered)]
+    imp_rounds = len(chain_targets(levels or [0.5], c.imp.rounds))
+    lth_rounds = len(chain_targets(levels or [0.5], c.lth.rounds))
+    per = {"imp": imp_rounds * c.imp.epochs_per_round,
+           "lth": lth_rounds * (c.train.epochs - c.lth.rewind_epoch),
+           "lth_init": lth_rounds * c.train.epochs,
+           "lr_rewind": c.train.epochs, "gmp": c.train.epochs}
+    if method not in STEP:
+        raise KeyError(f"method {method!r} has no cost model (add it to pipeline/budget.py STEP)")
+    return [(STEP[method], per.get(method, one_shot))]
+
+
+def total_epochs(cfg: Config, method: str, levels: list[float] | None = None) -> int:
+    return sum(e for _, e in method_epochs(cfg, method, levels))
+
+
+def heatmap_pairs(size: int = 32) -> int:
+    """Conjugate pairs of centred frequencies the heat map evaluates (spectral.heatmap evaluates each once)."""
+    return len({min((i % size, j % size), (-i % size, -j % size))
+                for i in range(-size // 2, size // 2) for j in range(-size // 2, size // 2)})
+
+
+def spectral_images(cfg: Config, test: int, teacher: bool) -> int:
+    """Forward passes (in images) of one spectral job: low- and high-pass test sets at every radius and the
+    full band, again for the teacher when agreement is measured, and the heat map."""
+    s = cfg.spectral
+    bands = 2 * (len(s.radii) + 1) * test * (2 if teacher else 1)
+    return bands + min(s.heatmap_images, test) * heatmap_pairs()
