@@ -39,7 +39,7 @@ def real(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("real")
     experiment = write_experiment(tmp, name="t", datasets={"synthetic": {
         "source": "synthetic", "classes": 10, "train_size": 160, "val_size": 32, "test_size": 32}},
-        train={"epochs": 1, "save_epochs": [0]}, lth={"rewind_epoch": 0})      # 1 epoch: rewinding to 0
+        train={"epochs": 1}, lth={"rewind_epoch": 0})     # one dense epoch: lth rewinds to epoch 0
     env = _env(tmp)
     f = {"experiment": experiment, "data": tmp / "data.pt", "dense": tmp / "dense" / "model.pt",
          "snapshots": tmp / "dense" / "snapshots.pt", "mask": tmp / "prune" / "mask.pt"}

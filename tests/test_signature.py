@@ -72,3 +72,13 @@ def test_every_topology_variant(data):
     # the network handed in was changed in place: it ends as the last variant, the control mask applied
     w = models.prunable(dense)
     assert all(torch.equal(w[n] == 0, ~control[n]) for n in control)
+
+
+def test_the_pruned_signature_needs_its_control_seed_and_teacher_before_any_compute(tmp_path):
+    from pipeline import config, stages
+    cfg = config.load("smoke")
+    for kw in ({"teacher": "t.pt"}, {"control_seed": 0}):
+        with pytest.raises(config.ConfigError, match="--control-seed .* and --teacher"):
+            stages.spectral(cfg, data=str(tmp_path / "missing.pt"), model="m.pt", out=str(tmp_path / "o.json"),
+                            mask="mask.pt", **kw)
+    assert list(tmp_path.iterdir()) == []
