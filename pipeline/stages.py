@@ -67,6 +67,11 @@ def _dense_key(cfg: Config, dataset, arch, seed, data_sha256) -> str:
                    **cfg.section("model", "train", "runtime")})
 
 
+def _prune_key(cfg: Config, dense_sha256, sparsity) -> str:
+    """The prune job's parameters digest (the `job` field of its mask): the dense model it cut, and how."""
+    return digest({"stage": "prune", "dense": dense_sha256, "sparsity": sparsity, **cfg.section("prune")})
+
+
 def load_model(path, rt: T.Runtime | None = None, expect: dict | None = None, exclude=()):
     """A saved model (dense or pruned), rebuilt; its masks checked against the architecture's prunable
     weights (less the `exclude`d layers, prune.exclude); `expect`: fields (arch, classes, width, job) that
@@ -153,9 +158,7 @@ def prune(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, dens
         masks = M.global_magnitude(models.prunable(net, cfg.prune.exclude), sparsity)
         st = M.stats(masks)
         io.save({"kind": "mask", **_identity(arch, blob["classes"], cfg), "sparsity": sparsity,
-                 "dense_sha256": dense_sha, "job": digest({"stage": "prune", "dense": dense_sha, "sparsity": sparsity,
-                                                           **cfg.section("prune")}),
-                 "masks": masks}, out)
+                 "dense_sha256": dense_sha, "job": _prune_key(cfg, dense_sha, sparsity), "masks": masks}, out)
         io.write_json(_sibling(out, "mask.json"), st)
         run.log_metrics({"sparsity": st["sparsity"], "kept": st["kept"]})
         run.log_artifact(_sibling(out, "mask.json"))
@@ -172,7 +175,8 @@ def retrain(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, me
     teacher, _ = load_model(dense, expect=made)
     dense_sha = io.sha256(dense)
     base_mask = load_mask(mask, teacher, expect={**_identity(arch, len(blob["classes"]), cfg),
-                                                 "sparsity": sparsity, "dense_sha256": dense_sha},
+                                                 "sparsity": sparsity, "dense_sha256": dense_sha,
+                                                 "job": _prune_key(cfg, dense_sha, sparsity)},
                           exclude=cfg.prune.exclude)
     snaps = io.load(snapshots, "snapshots", keys=("snapshots",), expect=made)["snapshots"]
     k = MT.rewind_epoch(cfg, method)

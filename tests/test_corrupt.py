@@ -267,6 +267,11 @@ def case_mask_of_another_dense_model(real, tmp):
     return _retrain_args(real, tmp, mask=bad), bad, "mask file has dense_sha256 = '000"
 
 
+def case_mask_of_other_prune_parameters(real, tmp):
+    bad = _edited(real["mask"], "mask", tmp / "mask_exclude.pt", job="0123456789ab")   # e.g. another prune.exclude
+    return _retrain_args(real, tmp, mask=bad), bad, "mask file has job = '0123456789ab'"
+
+
 def case_snapshots_of_another_dense_job(real, tmp):
     bad = _edited(real["snapshots"], "snapshots", tmp / "snapshots.pt", job="0123456789ab")
     args = _retrain_args(real, tmp)

@@ -21,7 +21,7 @@ import torch
 
 from pipeline import data as D, io, masks as M, models
 from pipeline.config import ROOT, load
-from pipeline.stages import _identity, load_model
+from pipeline.stages import _identity, _prune_key, load_model
 
 from .conftest import run_stage, write_experiment
 
@@ -105,8 +105,9 @@ def imp_base(base):
     b = base
     mask = b["root"] / "A" / "prune" / "mask.pt"
     net, blob = load_model(b["ref"].out)                       # what the prune stage writes
-    io.save({"kind": "mask", **_identity("resnet20", blob["classes"], load(str(b["experiment"]))),
-             "sparsity": SPARSITY, "dense_sha256": io.sha256(b["ref"].out),
+    cfg, dense_sha = load(str(b["experiment"])), io.sha256(b["ref"].out)
+    io.save({"kind": "mask", **_identity("resnet20", blob["classes"], cfg), "sparsity": SPARSITY,
+             "dense_sha256": dense_sha, "job": _prune_key(cfg, dense_sha, SPARSITY),
              "masks": M.global_magnitude(models.prunable(net), SPARSITY)}, mask)
 
     def imp(out):
