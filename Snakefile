@@ -46,10 +46,13 @@ rule prepare:
     output:
         data=RUNS + "/data/{dataset}.pt",
         info=RUNS + "/data/{dataset}.pt.json",
+    log:
+        RUNS + "/logs/prepare/{dataset}.log",
     params:
         cfg=lambda wc: section(f"datasets.{wc.dataset}", "data"),
     shell:
         "python -m pipeline prepare --experiment {EXPERIMENT} --dataset {wildcards.dataset} --out {output.data}"
+        " --log {log}"
 
 
 rule train_dense:
@@ -60,11 +63,13 @@ rule train_dense:
         model=DENSE + "/model.pt",
         snapshots=DENSE + "/snapshots.pt",
         metrics=DENSE + "/metrics.json",
+    log:
+        RUNS + "/logs/train_dense/{dataset}/{arch}/seed{seed}.log",
     params:
         cfg=section("model", "train", "runtime"),
     shell:
         "python -m pipeline train_dense --experiment {EXPERIMENT} --dataset {wildcards.dataset} --arch {wildcards.arch}"
-        " --seed {wildcards.seed} --data {input.data} --out {output.model}"
+        " --seed {wildcards.seed} --data {input.data} --out {output.model} --log {log}"
 
 
 rule prune:
@@ -74,11 +79,14 @@ rule prune:
     output:
         mask=PRUNED + "/mask.pt",
         stats=PRUNED + "/mask.json",
+    log:
+        RUNS + "/logs/prune/{dataset}/{arch}/seed{seed}/s{sparsity}.log",
     params:
         cfg=section("prune"),
     shell:
         "python -m pipeline prune --experiment {EXPERIMENT} --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --sparsity {wildcards.sparsity} --dense {input.dense} --out {output.mask}"
+        " --log {log}"
 
 
 rule retrain:
@@ -91,13 +99,15 @@ rule retrain:
     output:
         model=RETRAINED + "/model.pt",
         metrics=RETRAINED + "/metrics.json",
+    log:
+        RUNS + "/logs/retrain/{dataset}/{arch}/seed{seed}/s{sparsity}/{method}.log",
     params:
         cfg=lambda wc: section(*METHOD_PARAMS[wc.method]),
     shell:
         "python -m pipeline retrain --experiment {EXPERIMENT} --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --sparsity {wildcards.sparsity} --method {wildcards.method}"
         " --data {input.data} --dense {input.dense} --snapshots {input.snapshots} --mask {input.mask}"
-        " --out {output.model}"
+        " --out {output.model} --log {log}"
 
 
 rule spectral_dense:
@@ -108,12 +118,14 @@ rule spectral_dense:
     output:
         json=SPECTRAL + "/dense.json",
         heatmap=SPECTRAL + "/dense_heatmap.pt",
+    log:
+        RUNS + "/logs/spectral/{dataset}/{arch}/seed{seed}/dense.log",
     params:
         cfg=section("spectral"),
     shell:
         "python -m pipeline spectral --experiment {EXPERIMENT} --data {input.data} --model {input.model}"
         " --out {output.json} --tag dataset={wildcards.dataset} --tag arch={wildcards.arch}"
-        " --tag seed={wildcards.seed} --tag sparsity=0.0 --tag method=dense"
+        " --tag seed={wildcards.seed} --tag sparsity=0.0 --tag method=dense --log {log}"
 
 
 rule spectral_pruned:
@@ -125,13 +137,15 @@ rule spectral_pruned:
     output:
         json=SPECTRAL + "/s{sparsity}/pruned.json",
         heatmap=SPECTRAL + "/s{sparsity}/pruned_heatmap.pt",
+    log:
+        RUNS + "/logs/spectral/{dataset}/{arch}/seed{seed}/s{sparsity}/pruned.log",
     params:
         cfg=section("spectral"),
     shell:
         "python -m pipeline spectral --experiment {EXPERIMENT} --data {input.data} --model {input.model}"
         " --mask {input.mask} --teacher {input.model} --out {output.json} --tag dataset={wildcards.dataset}"
         " --tag arch={wildcards.arch} --tag seed={wildcards.seed} --tag sparsity={wildcards.sparsity}"
-        " --tag method=pruned"
+        " --tag method=pruned --log {log}"
 
 
 rule spectral:
@@ -143,17 +157,19 @@ rule spectral:
     output:
         json=SPECTRAL + "/s{sparsity}/{method}.json",
         heatmap=SPECTRAL + "/s{sparsity}/{method}_heatmap.pt",
+    log:
+        RUNS + "/logs/spectral/{dataset}/{arch}/seed{seed}/s{sparsity}/{method}.log",
     params:
         cfg=section("spectral"),
     shell:
         "python -m pipeline spectral --experiment {EXPERIMENT} --data {input.data} --model {input.model}"
         " --teacher {input.teacher} --out {output.json} --tag dataset={wildcards.dataset}"
         " --tag arch={wildcards.arch} --tag seed={wildcards.seed} --tag sparsity={wildcards.sparsity}"
-        " --tag method={wildcards.method}"
+        " --tag method={wildcards.method} --log {log}"
 
 
 rule report:
-    """results/: summary.csv, spectral.csv and README.md with tables, plots and the claims' verdicts."""
+    """runs/<name>/report/: summary.csv, spectral.csv and README.md with tables, plots and the claims' verdicts."""
     input:
         expand(DENSE + "/metrics.json", dataset=G.datasets, arch=G.archs, seed=G.seeds),
         expand(RETRAINED + "/metrics.json", dataset=G.datasets, arch=G.archs, seed=G.seeds,
@@ -168,7 +184,9 @@ rule report:
         readme=f"{REPORT}/README.md",
         metrics=f"{REPORT}/metrics.json",
         plots=report(directory(f"{REPORT}/figures"), patterns=["{name}.png"], category="Figures"),
+    log:
+        RUNS + "/logs/report.log",
     params:
         cfg=section("report", "grid"),
     shell:
-        "python -m pipeline report --experiment {EXPERIMENT}"
+        "python -m pipeline report --experiment {EXPERIMENT} --log {log}"

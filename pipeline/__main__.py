@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ConfigError, load
+from .config import ROOT, ConfigError, load
 from .errors import CorruptFile
+from .progress import log_to
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help)
         s.add_argument("--experiment", default=None, help="experiment name (configs/<name>.yaml) or path; default: "
                                                        "params.yaml alone (the paper)")
+        s.add_argument("--log", default=None, help="also write stderr (progress, errors) to this file")
         for a in args:
             kind = {"--seed": int, "--sparsity": float}.get(a, str)
             s.add_argument(a, required=True, type=kind)
@@ -37,16 +39,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher", default=None, help="dense model to measure agreement with")
     s.add_argument("--mask", default=None, help="apply this mask first (the pruned topology, not retrained)")
     s.add_argument("--tag", action="append", default=[], help="KEY=VALUE for MLflow and the tables")
-    stage("report", help="results/: summary.csv, spectral.csv, README.md with tables, plots and claims")
-    stage("export_dvc", help="print dvc.yaml derived from the Snakefile's jobs for this experiment")
+    stage("report", help="runs/<name>/report/: summary.csv, spectral.csv, README.md with tables, plots and claims")
+    stage("publish", help="copy the finished report from runs/<name>/report/ to the committed results/<name>/")
+    stage("export_dvc", help="print dvc.yaml derived from the Snakefile's jobs for this experiment; "
+                                        "write the merged config its params read to dvc.params.yaml")
     return p
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    log_to(args.log)
     try:
         cfg = load(args.experiment)                 # the whole config is checked before anything else
-        kw = {k: v for k, v in vars(args).items() if k not in ("stage", "experiment")}
+        kw = {k: v for k, v in vars(args).items() if k not in ("stage", "experiment", "log")}
         if args.stage == "validate":
             print(f"ok: experiment {cfg.name}")
             return 0
@@ -54,8 +59,13 @@ def main(argv=None) -> int:
             from .report import report
             report(cfg)
             return 0
+        if args.stage == "publish":
+            from .publish import publish
+            print(f"published to {publish(cfg).relative_to(ROOT)}")
+            return 0
         if args.stage == "export_dvc":
-            from .dag import export_dvc
+            from .dag import PARAMS_FILE, export_dvc, resolved_params
+            (ROOT / PARAMS_FILE).write_text(resolved_params(args.experiment))
             sys.stdout.write(export_dvc(args.experiment))
             return 0
         from . import stages

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import io, masks as M
+from .config import full_band_radius
 
 # ------------------------------------------------------------------------------------------- the device
 
@@ -282,5 +283,5 @@ def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, e
     seen = steps * min(recipe.batch_size, n)
     out = {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
     if radius is not None:
-        out["radius"] = -1.0 if math.isinf(radius) else float(radius)   # -1 in logs = full band
+        out["radius"] = full_band_radius(x.shape[-1]) if math.isinf(radius) else float(radius)   # corner
     return out
