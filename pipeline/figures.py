@@ -1,5 +1,5 @@
-"""The report's figures, one function each. Every method has ONE colour, the same in every figure (and the
-report's tables name it the same way): `color(method)`. A method not listed (added later) gets a grey.
+"""The report's figures, one function each. Every method has ONE colour, the same in every figure and in the
+MLflow UI: colors.color(method).
 """
 from __future__ import annotations
 
@@ -8,22 +8,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .colors import color  # noqa: E402
 from .methods import ONE_SHOT  # noqa: E402
 from .spectral import FULL  # noqa: E402
 
-_TAB20 = plt.cm.tab20.colors
-COLORS = {  # fixed, distinct: the paper's method and its teacher stand out; controls in lighter shades
-    "dense": "#000000", "pruned": "#7f7f7f",
-    "finetune": _TAB20[0], "finetune_layerwise": _TAB20[1], "random": _TAB20[15],
-    "kd": _TAB20[2], "fourier_kd": _TAB20[6], "fourier_kd_reverse": _TAB20[7], "freq_ce": _TAB20[3],
-    "imp": _TAB20[4], "lth": _TAB20[8], "lr_rewind": _TAB20[10], "gmp": _TAB20[18],
-}
-FALLBACK = "#bcbd22"
 HEATMAP_METHODS = ("dense", "pruned", "finetune", "kd", "fourier_kd")
-
-
-def color(method: str) -> str | tuple:
-    return COLORS.get(method, FALLBACK)
 
 
 def _save(fig, path, dpi=110):

@@ -20,20 +20,22 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .colors import color
 from .config import ROOT, Config, digest
 from .provenance import invocation
 
+COMPARE_FILTER = 'tags.stage = "retrain" and tags.superseded = "false"'   # the README and tests use it
 DESCRIPTION = """\
 **{name}**: one run per job of the Snakemake/DVC DAG (Shang et al., ICASSP 2022: Fourier-guided MBP vs MBP baselines).
 
-Compare the methods (the "Model training" view, table):
+Compare the methods (Runs, table view):
 
-1. Search: `tags.stage = "retrain" and tags.superseded = "false"` (retrained models, each counted once).
-2. Group by: `method` (a tag). The group rows show the mean over seeds of each metric.
-3. Columns: `test_acc` (final test accuracy), `val_acc`, `train_seconds`.
+1. Search: `{filter}` (retrained models, each counted once).
+2. Columns: tick `test_acc` (final test accuracy; also `val_acc`, `train_seconds`). Sort: `test_acc`.
+3. Several seeds: Group by `method` (a tag); a group row shows the mean over its seeds.
 
-Spectral evaluations: `tags.stage = "spectral"` (figures under each run's artifacts). The written report with
-claims and intervals: runs/{name}/report/README.md.
+Spectral evaluations: `tags.stage = "spectral"` (band curves and heat map under each run's artifacts, figures/).
+The written report with claims and intervals: runs/{name}/report/README.md.
 """
 JOB_TAGS = ("dataset", "arch", "seed", "sparsity", "method")    # with `stage`: which job a run belongs to
 
@@ -99,7 +101,8 @@ class Run:
                 if self.uri.startswith("sqlite:///") else None
             exp_id = self.client.create_experiment(
                 self.experiment, artifact_location=art,
-                tags={"mlflow.note.content": DESCRIPTION.format(name=self.experiment)})
+                tags={"mlflow.note.content": DESCRIPTION.format(name=self.experiment, filter=COMPARE_FILTER),
+                      "mlflow.experimentKind": "custom_model_development"})   # the UI opens on "Model training"
         else:
             exp_id = exp.experiment_id
         if run_id is not None and self._exists(run_id):
@@ -110,6 +113,8 @@ class Run:
                     **{k: str(v) for k, v in tags.items()}}
             tags.update(params_digest=digest({"stage": stage, **tags, "params": params}, drop=("git_commit",)),
                         invocation=tool, invocation_id=tool_id, superseded="false")
+            if "method" in tags:
+                tags["mlflow.runColor"] = color(tags["method"])      # the figures' colour in the UI too
             self.run_id = self.client.create_run(exp_id, tags=tags, run_name=run_name(tags)).info.run_id
             self._supersede(exp_id, tags)
             from mlflow.entities import Param
