@@ -11,6 +11,7 @@
 # dvc.yaml is generated from this file (python -m pipeline export_dvc), so the DAG is defined only here.
 
 configfile: "params.yaml"
+report: "docs/report/workflow.rst"          # snakemake --report: the description on the report's first page
 
 from pipeline.config import METHOD_PARAMS, validate    # torch-free: a no-op rerun stays fast
 
@@ -179,11 +180,12 @@ rule report:
         expand(SPECTRAL + "/s{sparsity}/{method}.json", dataset=G.datasets, arch=G.archs, seed=G.seeds,
                sparsity=G.sparsities, method=list(G.methods) + ["pruned"]),
     output:
-        summary=f"{REPORT}/summary.csv",
+        summary=report(f"{REPORT}/summary.csv", caption="docs/report/summary.rst", category="Summary"),
         spectral=f"{REPORT}/spectral.csv",
-        readme=f"{REPORT}/README.md",
+        readme=report(f"{REPORT}/README.md", caption="docs/report/readme.rst", category="Report"),
         metrics=f"{REPORT}/metrics.json",
-        plots=report(directory(f"{REPORT}/figures"), patterns=["{name}.png"], category="Figures"),
+        plots=report(directory(f"{REPORT}/figures"), patterns=["{name}.png"], category="Figures",
+                     caption="docs/report/figures.rst"),
     log:
         RUNS + "/logs/report.log",
     params:
