@@ -10,7 +10,7 @@ export CIFAR10_JPEG_DIR ?= $(abspath ../shared/data/cifar10-jpeg)
 EXPERIMENT ?= smoke
 FAST_TESTS := tests/test_config.py tests/test_dag.py tests/test_frequency.py tests/test_masks.py \
               tests/test_methods.py tests/test_spectral.py tests/test_tracking.py tests/test_figures.py \
-              tests/test_progress.py tests/test_readme.py
+              tests/test_progress.py tests/test_mlflow_runs.py tests/test_readme.py
 
 .PHONY: install smoke reproduce test test-fast ui bench dvc-smoke dvc-adopt clean-smoke publish dag
 
