@@ -176,7 +176,9 @@ def retrain(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, me
         res, ckpt, secs = _train(cfg, "retrain", recipe, net, dd, rt, seed, key, run,
                                  f"{dataset}/{arch} seed{seed} s{sparsity} {method}")
         st = M.stats(res["masks"])
-        run.log_metrics({f"layer_sparsity/{n}": v for n, v in st["layers"].items()})
+        with tempfile.TemporaryDirectory() as tmp:   # an artifact, not 20 metric charts that bury test_acc
+            io.write_json(Path(tmp) / "layer_sparsity.json", st["layers"])
+            run.log_artifact(Path(tmp) / "layer_sparsity.json")
         _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, agreement_with=teacher,
                 extra_metrics={"sparsity": st["sparsity"], "nonzero": st["kept"], "prunable": st["total"]})
 
