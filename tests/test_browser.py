@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def ui(tmp_path_factory):
                 time.sleep(1)
         yield url, expected
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)        # the server and its uvicorn worker (own session)
         server.wait(30)
 
 
