@@ -7,7 +7,13 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # Real-data tests read the CIFAR-10 JPEG copy from here (skipped with a reason when it is absent).
 export CIFAR10_JPEG_DIR ?= $(abspath ../shared/data/cifar10-jpeg)
 
-.PHONY: install smoke reproduce reproduce-slurm test ui bench dvc-smoke clean-smoke
+EXPERIMENT ?= smoke
+FAST_TESTS := tests/test_config.py tests/test_dag.py tests/test_frequency.py tests/test_masks.py \
+              tests/test_methods.py tests/test_spectral.py tests/test_tracking.py tests/test_figures.py \
+              tests/test_progress.py tests/test_mlflow_runs.py tests/test_readme.py tests/test_verdicts.py \
+              tests/test_train_step.py tests/test_plan.py tests/test_resources.py
+
+.PHONY: install smoke reproduce reproduce-slurm test test-fast ui bench dvc-smoke dvc-adopt clean-smoke publish dag
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -16,8 +22,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-smoke: $(STAMP)          ## the whole DAG on the smoke experiment (synthetic data, CPU, minutes)
-	snakemake --cores all --configfile configs/smoke.yaml
+smoke: $(STAMP)          ## the whole DAG on the smoke experiment; report in runs/smoke/report/ (git stays clean)
+	snakemake --cores all --configfile configs/smoke.yaml --show-failed-logs
+
+clean-smoke:             ## delete the smoke run's outputs (runs/smoke/); MLflow runs stay (superseded by the next)
+	rm -rf runs/smoke
+
+publish: $(STAMP)        ## copy runs/$(EXPERIMENT)/report/ to the committed results/$(EXPERIMENT)/
+	python -m pipeline publish --experiment $(EXPERIMENT)
 
 reproduce: $(STAMP)      ## the paper's grid (needs internet for CIFAR and, in practice, a GPU)
 	snakemake --cores all
@@ -28,12 +40,22 @@ reproduce-slurm: $(STAMP) ## the paper's grid, every job a SLURM job (profiles/s
 test: $(STAMP)           ## unit, reliability and end-to-end tests (offline)
 	$(PY) -m pytest -q
 
+test-fast: $(STAMP)      ## unit tests only (a few minutes)
+	$(PY) -m pytest -q $(FAST_TESTS)
+
 ui: $(STAMP)             ## MLflow UI on 127.0.0.1 only (set HOST=0.0.0.0 to expose it)
 	mlflow ui --backend-store-uri sqlite:///$(abspath mlruns.db) --host $${HOST:-127.0.0.1} --port $${PORT:-5000}
 
 bench: $(STAMP)          ## speed and memory ratios (benchmarks/README.md)
 	$(PY) -m benchmarks.run
 
-dvc-smoke: $(STAMP)      ## the same smoke DAG through DVC
-	test -d .dvc || dvc init -q
+dvc-smoke: $(STAMP)      ## the same smoke DAG through DVC (dvc.yaml and dvc.params.yaml re-exported first)
+	python -m pipeline export_dvc --experiment smoke > dvc.yaml.tmp && mv dvc.yaml.tmp dvc.yaml
 	dvc repro
+
+dvc-adopt: $(STAMP)      ## after `make smoke`: DVC records Snakemake's outputs as up to date, computing nothing
+	dvc commit -f -q
+
+dag: $(STAMP)            ## docs/dag.svg, the rule graph (needs graphviz's `dot`)
+	mkdir -p docs
+	snakemake --rulegraph --configfile configs/smoke.yaml | dot -Tsvg > docs/dag.svg

@@ -13,6 +13,7 @@
 # dvc.yaml is generated from this file (python -m pipeline export_dvc), so the DAG is defined only here.
 
 configfile: "params.yaml"
+report: "docs/report/workflow.rst"          # snakemake --report: the description on the report's first page
 
 from pipeline.config import CHAIN_METHODS, METHOD_PARAMS, METHODS, check_snakemake   # torch-free: fast no-op reruns
 from pipeline import resources as R                     # threads, mem_mb, runtime, gpu per rule (torch-free)
@@ -52,6 +53,8 @@ rule prepare:
     output:
         data=RUNS + "/data/{dataset}.pt",
         info=RUNS + "/data/{dataset}.pt.json",
+    log:
+        RUNS + "/logs/prepare/{dataset}.log",
     params:
         cfg=lambda wc: section(f"datasets.{wc.dataset}", "data"),
     threads: R.threads(CFG, "prepare")
@@ -59,7 +62,7 @@ rule prepare:
         **R.rule_resources(CFG, "prepare"),
     shell:
         "python -m pipeline prepare --experiment {EXPERIMENT} --threads {threads}"
-        " --dataset {wildcards.dataset} --out {output.data}"
+        " --dataset {wildcards.dataset} --out {output.data} --log {log}"
 
 
 rule train_dense:
@@ -70,6 +73,8 @@ rule train_dense:
         model=DENSE + "/model.pt",
         snapshots=DENSE + "/snapshots.pt",
         metrics=DENSE + "/metrics.json",
+    log:
+        RUNS + "/logs/train_dense/{dataset}/{arch}/seed{seed}.log",
     params:
         cfg=section("model", "train", "runtime"),
     threads: R.threads(CFG, "train_dense")
@@ -78,7 +83,7 @@ rule train_dense:
     shell:
         "python -m pipeline train_dense --experiment {EXPERIMENT} --threads {threads}"
         " --dataset {wildcards.dataset} --arch {wildcards.arch}"
-        " --seed {wildcards.seed} --data {input.data} --out {output.model}"
+        " --seed {wildcards.seed} --data {input.data} --out {output.model} --log {log}"
 
 
 rule prune:
@@ -88,6 +93,8 @@ rule prune:
     output:
         mask=PRUNED + "/mask.pt",
         stats=PRUNED + "/mask.json",
+    log:
+        RUNS + "/logs/prune/{dataset}/{arch}/seed{seed}/s{sparsity}.log",
     params:
         cfg=section("prune"),
     threads: R.threads(CFG, "prune")
@@ -97,6 +104,7 @@ rule prune:
         "python -m pipeline prune --experiment {EXPERIMENT} --threads {threads}"
         " --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --sparsity {wildcards.sparsity} --dense {input.dense} --out {output.mask}"
+        " --log {log}"
 
 
 rule retrain:
@@ -109,6 +117,8 @@ rule retrain:
     output:
         model=RETRAINED + "/model.pt",
         metrics=RETRAINED + "/metrics.json",
+    log:
+        RUNS + "/logs/retrain/{dataset}/{arch}/seed{seed}/s{sparsity}/{method}.log",
     wildcard_constraints:
         method=ONE_SHOT,
     params:
@@ -121,7 +131,7 @@ rule retrain:
         " --dataset {wildcards.dataset} --arch {wildcards.arch}"
         " --seed {wildcards.seed} --sparsity {wildcards.sparsity} --method {wildcards.method}"
         " --data {input.data} --dense {input.dense} --snapshots {input.snapshots} --mask {input.mask}"
-        " --out {output.model}"
+        " --out {output.model} --log {log}"
 
 
 rule chain:
@@ -136,6 +146,8 @@ rule chain:
                       sparsity=G.sparsities),
         metrics=expand(RUNS + "/retrain/{{dataset}}/{{arch}}/seed{{seed}}/s{sparsity}/{{method}}/metrics.json",
                        sparsity=G.sparsities),
+    log:
+        RUNS + "/logs/chain/{dataset}/{arch}/seed{seed}/{method}.log",
     wildcard_constraints:
         method="|".join(CHAIN_METHODS),
     params:
@@ -144,9 +156,10 @@ rule chain:
     resources:
         **R.rule_resources(CFG, "chain"),
     shell:
-        "python -m pipeline chain --experiment {EXPERIMENT} --threads {threads} --dataset {wildcards.dataset} --arch {wildcards.arch}"
-        " --seed {wildcards.seed} --method {wildcards.method} --data {input.data} --dense {input.dense}"
-        " --snapshots {input.snapshots} --out-dir " + RUNS + "/retrain/{wildcards.dataset}/{wildcards.arch}/seed{wildcards.seed}"
+        "python -m pipeline chain --experiment {EXPERIMENT} --threads {threads}"
+        " --dataset {wildcards.dataset} --arch {wildcards.arch} --seed {wildcards.seed} --method {wildcards.method}"
+        " --data {input.data} --dense {input.dense} --snapshots {input.snapshots}"
+        " --out-dir " + RUNS + "/retrain/{wildcards.dataset}/{wildcards.arch}/seed{wildcards.seed} --log {log}"
 
 
 rule spectral_dense:
@@ -157,6 +170,8 @@ rule spectral_dense:
     output:
         json=SPECTRAL + "/dense.json",
         heatmap=SPECTRAL + "/dense_heatmap.pt",
+    log:
+        RUNS + "/logs/spectral/{dataset}/{arch}/seed{seed}/dense.log",
     params:
         cfg=section("spectral"),
     threads: R.threads(CFG, "spectral_dense")
@@ -166,7 +181,7 @@ rule spectral_dense:
         "python -m pipeline spectral --experiment {EXPERIMENT} --threads {threads}"
         " --data {input.data} --model {input.model}"
         " --out {output.json} --tag dataset={wildcards.dataset} --tag arch={wildcards.arch}"
-        " --tag seed={wildcards.seed} --tag sparsity=0.0 --tag method=dense"
+        " --tag seed={wildcards.seed} --tag sparsity=0.0 --tag method=dense --log {log}"
 
 
 rule spectral_pruned:
@@ -179,6 +194,8 @@ rule spectral_pruned:
     output:
         json=SPECTRAL + "/s{sparsity}/pruned.json",
         heatmap=SPECTRAL + "/s{sparsity}/pruned_heatmap.pt",
+    log:
+        RUNS + "/logs/spectral/{dataset}/{arch}/seed{seed}/s{sparsity}/pruned.log",
     params:
         cfg=section("spectral"),
     threads: R.threads(CFG, "spectral_pruned")
@@ -190,7 +207,7 @@ rule spectral_pruned:
         " --mask {input.mask} --control-seed {wildcards.seed} --teacher {input.model} --out {output.json}"
         " --tag dataset={wildcards.dataset}"
         " --tag arch={wildcards.arch} --tag seed={wildcards.seed} --tag sparsity={wildcards.sparsity}"
-        " --tag method=pruned"
+        " --tag method=pruned --log {log}"
 
 
 rule spectral:
@@ -202,6 +219,8 @@ rule spectral:
     output:
         json=SPECTRAL + "/s{sparsity}/{method}.json",
         heatmap=SPECTRAL + "/s{sparsity}/{method}_heatmap.pt",
+    log:
+        RUNS + "/logs/spectral/{dataset}/{arch}/seed{seed}/s{sparsity}/{method}.log",
     params:
         cfg=section("spectral"),
     threads: R.threads(CFG, "spectral")
@@ -212,11 +231,11 @@ rule spectral:
         " --data {input.data} --model {input.model}"
         " --teacher {input.teacher} --out {output.json} --tag dataset={wildcards.dataset}"
         " --tag arch={wildcards.arch} --tag seed={wildcards.seed} --tag sparsity={wildcards.sparsity}"
-        " --tag method={wildcards.method}"
+        " --tag method={wildcards.method} --log {log}"
 
 
 rule report:
-    """results/: summary.csv, spectral.csv and README.md with tables, plots and the claims' verdicts."""
+    """runs/<name>/report/: summary.csv, spectral.csv and README.md with tables, plots and the claims' verdicts."""
     input:
         expand(DENSE + "/metrics.json", dataset=G.datasets, arch=G.archs, seed=G.seeds),
         expand(RETRAINED + "/metrics.json", dataset=G.datasets, arch=G.archs, seed=G.seeds,
@@ -226,15 +245,18 @@ rule report:
         expand(SPECTRAL + "/s{sparsity}/{method}.json", dataset=G.datasets, arch=G.archs, seed=G.seeds,
                sparsity=G.sparsities, method=list(G.methods) + ["pruned"]),
     output:
-        summary=f"{REPORT}/summary.csv",
+        summary=report(f"{REPORT}/summary.csv", caption="docs/report/summary.rst", category="Summary"),
         spectral=f"{REPORT}/spectral.csv",
-        readme=f"{REPORT}/README.md",
+        readme=report(f"{REPORT}/README.md", caption="docs/report/readme.rst", category="Report"),
         metrics=f"{REPORT}/metrics.json",
-        plots=report(directory(f"{REPORT}/figures"), patterns=["{name}.png"], category="Figures"),
+        plots=report(directory(f"{REPORT}/figures"), patterns=["{name}.png"], category="Figures",
+                     caption="docs/report/figures.rst"),
+    log:
+        RUNS + "/logs/report.log",
     params:
         cfg=section("report", "grid"),
     threads: R.threads(CFG, "report")
     resources:
         **R.rule_resources(CFG, "report"),
     shell:
-        "python -m pipeline report --experiment {EXPERIMENT}"
+        "python -m pipeline report --experiment {EXPERIMENT} --log {log}"

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ConfigError, load
+from .config import ROOT, ConfigError, load
 from .errors import Busy, CorruptFile, Diverged
+from .progress import log_to
 
 # What the CLI answers, instead of a traceback, for each error a stage raises on purpose.
 EXITS = {ConfigError: ("config error", 2), CorruptFile: ("input error", 3), Busy: ("busy", 4),
@@ -29,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
                                                        "params.yaml alone (the paper)")
         s.add_argument("--threads", type=int, default=None,
                        help="CPU threads of this job (the DAG passes its resources.threads); default: runtime.threads")
+        s.add_argument("--log", default=None, help="also write stderr (progress, errors) to this file")
         for a in args:
             kind = {"--seed": int, "--sparsity": float}.get(a, str)
             s.add_argument(a, required=True, type=kind)
@@ -49,8 +51,10 @@ def _parser() -> argparse.ArgumentParser:
                    "also evaluates it after batch-norm recalibration and a random control mask")
     s.add_argument("--control-seed", type=int, default=None, help="with --mask: the random control mask's seed")
     s.add_argument("--tag", action="append", default=[], help="KEY=VALUE for MLflow and the tables")
-    stage("report", help="results/: summary.csv, spectral.csv, README.md with tables, plots and claims")
-    stage("export_dvc", help="print dvc.yaml derived from the Snakefile's jobs for this experiment")
+    stage("report", help="runs/<name>/report/: summary.csv, spectral.csv, README.md with tables, plots and claims")
+    stage("publish", help="copy the finished report from runs/<name>/report/ to the committed results/<name>/")
+    stage("export_dvc", help="print dvc.yaml derived from the Snakefile's jobs for this experiment; "
+                             "write the merged config its params read to dvc.params.yaml")
     s = stage("plan", help="the grid's jobs, epochs per method and estimated device-hours from measured img/s")
     s.add_argument("--throughput", default=None, help="img/s file from benchmarks/gpu_check.py (default: the "
                                                       "newest benchmarks/results/throughput-*.json)")
@@ -59,16 +63,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    log_to(args.log)
     try:
         cfg = load(args.experiment)                 # the whole config is checked before anything else
         if args.threads is not None and args.threads < 1:
             raise ConfigError(f"--threads = {args.threads}: must be a positive integer")
-        kw = {k: v for k, v in vars(args).items() if k not in ("stage", "experiment", "threads", "throughput")}
+        kw = {k: v for k, v in vars(args).items()
+              if k not in ("stage", "experiment", "threads", "throughput", "log")}
         if args.stage == "validate":
             print(f"ok: experiment {cfg.name}")
             return 0
+        if args.stage == "publish":
+            from .publish import publish
+            print(f"published to {publish(cfg).relative_to(ROOT)}")
+            return 0
         if args.stage == "export_dvc":
-            from .dag import export_dvc
+            from .dag import PARAMS_FILE, export_dvc, resolved_params
+            (ROOT / PARAMS_FILE).write_text(resolved_params(args.experiment))
             sys.stdout.write(export_dvc(args.experiment))
             return 0
         if args.stage == "plan":
@@ -86,14 +97,13 @@ def main(argv=None) -> int:
             from .report import report
             report(cfg)
             return 0
-        if args.stage == "chain":
-            from .chains import chain
-            chain(cfg, **kw)
-            return 0
         from . import stages
         from .train import set_threads
         set_threads(args.threads or cfg.runtime.threads)   # the job's share of the machine, from its scheduler
-        if args.stage == "spectral":
+        if args.stage == "chain":
+            from .chains import chain
+            chain(cfg, **kw)
+        elif args.stage == "spectral":
             tags = dict(t.split("=", 1) for t in kw.pop("tag"))
             stages.spectral(cfg, tags=tags, **kw)
         else:

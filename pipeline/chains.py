@@ -51,13 +51,14 @@ def chain(cfg: Config, dataset: str, arch: str, seed: int, method: str, data: st
         dd = T.Data(blob, rt.device)
         ctx = MT.Context(cfg, levels[-1], seed, dict(teacher.state_dict()), {}, snaps, levels=levels)
         net = models.build(arch, dd.classes, cfg.model.width, seed)
-        res, ckpt, _ = _train(cfg, "chain", MT.METHODS[method](ctx), net, dd, rt, seed, key, run)
+        res, ckpt, _ = _train(cfg, "chain", MT.METHODS[method](ctx), net, dd, rt, seed, key, run,
+                              f"{dataset}/{arch} seed{seed} {method}")
         teacher = T.to_device(teacher, rt).eval()
         for s in levels:                       # each level: a model, its metrics and its MLflow run
             lv = res["levels"][s]
             net.load_state_dict(lv["model"])
             st = M.stats(lv["masks"])
-            level = {"model": net, "masks": lv["masks"], "epochs": lv["epochs"]}
+            level = {"model": net, "masks": lv["masks"], "epochs": lv["epochs"], "history": []}
             with Run(cfg, "retrain", {**tags, "sparsity": s}, {**params, "chain_run": run.run_id}) as lrun:
                 _finish(cfg, lrun, level, dd, rt, level_dir(out_dir, s, method) / "model.pt", arch,
                         ckpt if s == levels[-1] else None, lv["seconds"], key, agreement_with=teacher,

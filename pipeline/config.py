@@ -25,13 +25,15 @@ METHODS = ("finetune", "finetune_layerwise", "random", "kd", "fourier_kd", "four
            "imp", "lth", "lth_init", "lr_rewind", "gmp")
 # The config sections each retraining method reads (its rule's params: Snakemake and DVC rerun a method only
 # when one of these changed). Here, not in methods.py, so that parsing the Snakefile never imports torch.
+# Exact keys where a method reads only part of a section: kd has no radius, freq_ce has no teacher (no T, alpha).
 _COMMON = ("retrain", "train", "model", "prune", "runtime")
+_CURRICULUM = ("distill.radius_start", "distill.full_band_at", "distill.schedule", "distill.steps", "distill.filter")
 METHOD_PARAMS = {
     "finetune": _COMMON, "finetune_layerwise": _COMMON, "random": _COMMON,
-    "kd": _COMMON + ("distill",), "fourier_kd": _COMMON + ("distill",),
-    "fourier_kd_reverse": _COMMON + ("distill",), "freq_ce": _COMMON + ("distill",),
-    "imp": _COMMON + ("imp",), "lth": _COMMON + ("lth",), "lth_init": _COMMON + ("lth",), "lr_rewind": _COMMON,
-    "gmp": _COMMON + ("gmp",),
+    "kd": _COMMON + ("distill.T", "distill.alpha"), "fourier_kd": _COMMON + ("distill",),
+    "fourier_kd_reverse": _COMMON + ("distill",), "freq_ce": _COMMON + _CURRICULUM,
+    "imp": _COMMON + ("imp",), "lth": _COMMON + ("lth",), "lth_init": _COMMON + ("lth.rounds",),
+    "lr_rewind": _COMMON, "gmp": _COMMON + ("gmp",),
 }
 assert set(METHOD_PARAMS) == set(METHODS)
 # The iterative methods: one chain per dense network passes every sparsity of the grid (pipeline/chains.py).
@@ -172,7 +174,7 @@ class TrackingCfg:
 
 @dataclass
 class ReportCfg:
-    dir: str = "results"
+    dir: str | None = None           # None: runs/<name>/report (a run's output, never a tracked file)
     equivalence_margin: float = 0.5   # percentage points (TOST margin of the "not held" verdict)
     chance_margin: float = 5.0        # percentage points above chance (pruning signature: radii kept)
 
@@ -282,6 +284,8 @@ def _check_name(cfg: Config, p: Path) -> None:
 def validate(raw: dict) -> Config:
     cfg = _build(Config, raw, "")
     _check(cfg)
+    if cfg.report.dir is None:
+        cfg.report.dir = f"runs/{cfg.name}/report"
     return cfg
 
 
@@ -489,6 +493,9 @@ def resolve_path(p: str) -> Path:
     return path if path.is_absolute() else ROOT / path
 
 
-def digest(obj) -> str:
-    """A short stable hash of JSON-able parameters (addresses checkpoints, like open_lth's output hashes)."""
+def digest(obj, drop=()) -> str:
+    """A short stable hash of JSON-able parameters (addresses checkpoints, like open_lth's output hashes);
+    top-level keys in `drop` are left out."""
+    if drop:
+        obj = {k: v for k, v in obj.items() if k not in drop}
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -9,20 +9,14 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from . import io, verdicts  # noqa: E402
-from .config import ROOT, Config, resolve_path  # noqa: E402
-from .methods import ONE_SHOT  # noqa: E402
-from .spectral import FULL  # noqa: E402
-from .tracking import Run, git_commit  # noqa: E402
-
-HEATMAP_METHODS = ("dense", "pruned", "finetune", "kd", "fourier_kd")
+from . import figures, io, verdicts
+from .config import ROOT, Config, resolve_path
+from .methods import ONE_SHOT
+from .spectral import FULL
+from .tracking import Run, git_commit
 
 
 def _runs(cfg: Config) -> Path:
@@ -139,46 +133,10 @@ def _ci_text(r) -> str:
 # ----------------------------------------------------------------------------------------------- figures
 
 
-def fig_sparsity(summary, ds, arch, path):
-    df = summary[(summary.dataset == ds) & (summary.arch == arch)]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = dict(zip(df.method.unique(), plt.cm.tab20.colors))
-    for m in df[df.method != "dense"].method.unique():
-        g = df[df.method == m].groupby("sparsity").test_acc
-        ax.errorbar(g.mean().index, 100 * g.mean(), yerr=100 * g.std().fillna(0), marker="o", capsize=3, label=m,
-                    color=colors[m], linestyle="-" if m in ONE_SHOT else "--")
-    dense = df[df.method == "dense"].test_acc
-    ax.axhline(100 * dense.mean(), color="k", lw=1, label="dense")
-    ax.set(xlabel="sparsity", ylabel="test accuracy (%)", title=f"{ds} / {arch}: accuracy vs sparsity")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def fig_bands(spec, ds, arch, s, path, filt):
-    df = spec[(spec.dataset == ds) & (spec.arch == arch) & ((spec.sparsity == s) | (spec.method == "dense"))]
-    df = df[df.radius != FULL]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    colors = dict(zip(df.method.unique(), plt.cm.tab20.colors))    # 13 lines: tab10 would repeat colours
-    for ax, band in zip(axes, ("low", "high")):
-        for m in df.method.unique():
-            g = df[(df.method == m) & (df.band == band)].groupby("radius").acc.mean()
-            ax.plot(g.index.astype(float), 100 * g.values, marker=".", label=m, color=colors[m],
-                    lw=2.5 if m in ("dense", "fourier_kd") else 1)
-        ax.set(xlabel="radius (frequency bins)", title=f"{band}-pass test accuracy",
-               ylabel="accuracy (%)" if band == "low" else None)
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{ds} / {arch}, sparsity {s}, {filt} filter (mean over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def fig_heatmaps(cfg, ds, arch, s, path):
-    runs = _runs(cfg)
-    maps = {}
-    for m in HEATMAP_METHODS:
+def _heatmaps(cfg, ds, arch, s) -> dict:
+    """method -> its Fourier heat map at sparsity s, mean over seeds (the methods the figure shows)."""
+    runs, maps = _runs(cfg), {}
+    for m in figures.HEATMAP_METHODS:
         if m not in ("dense", "pruned") and m not in cfg.grid.methods:
             continue
         arrays = []
@@ -187,17 +145,7 @@ def fig_heatmaps(cfg, ds, arch, s, path):
             f = base / "dense_heatmap.pt" if m == "dense" else base / f"s{s}/{m}_heatmap.pt"
             arrays.append(io.load(f, "heatmap", keys=("heatmap",))["heatmap"])
         maps[m] = torch.stack(arrays).mean(0)
-    fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.3))
-    half = next(iter(maps.values())).shape[0] // 2
-    for ax, (m, hm) in zip(axes, maps.items()):
-        im = ax.imshow(100 * hm.numpy(), vmin=0, vmax=100, cmap="viridis", extent=(-half, half, half, -half))
-        ax.set(title=m, xlabel="j")
-    axes[0].set_ylabel("i")
-    fig.colorbar(im, ax=list(axes), label="error rate (%)", shrink=0.8)
-    fig.suptitle(f"Fourier heat maps (Yin et al. 2019), {ds} / {arch}, sparsity {s}, "
-                 f"eps={cfg.spectral.heatmap_eps}, {cfg.spectral.heatmap_images} images, mean over seeds")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return maps
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -296,7 +244,7 @@ def report(cfg: Config) -> None:
             for arch in cfg.grid.archs:
                 tag = f"{ds}_{arch}"
                 lines += [f"## {ds} / {arch}", "", "### Test accuracy", "", main_table(summary, ds, arch), ""]
-                fig_sparsity(summary, ds, arch, figs / f"accuracy_vs_sparsity_{tag}.png")
+                figures.sparsity(summary, ds, arch, figs / f"accuracy_vs_sparsity_{tag}.png")
                 lines += [f"![accuracy vs sparsity](figures/accuracy_vs_sparsity_{tag}.png)", ""]
                 comp = comparisons(summary, ds, arch)
                 lines += ["### Paired differences (test accuracy, percentage points; 95% t-interval over seeds)", "",
@@ -307,8 +255,11 @@ def report(cfg: Config) -> None:
                     lines.append(f"| {r.baseline} | {r.sparsity} | {r.method} | {_ci_text(r)} |")
                 lines += ["", "### Band-limited accuracy and Fourier heat maps", ""]
                 for s in cfg.grid.sparsities:
-                    fig_bands(spec, ds, arch, s, figs / f"bands_{tag}_s{s}.png", cfg.spectral.filter)
-                    fig_heatmaps(cfg, ds, arch, s, figs / f"heatmaps_{tag}_s{s}.png")
+                    figures.bands(spec, ds, arch, s, figs / f"bands_{tag}_s{s}.png", cfg.spectral.filter)
+                    figures.heatmaps(_heatmaps(cfg, ds, arch, s),
+                                     f"Fourier heat maps (Yin et al. 2019), {ds} / {arch}, sparsity {s}, "
+                                     f"eps={cfg.spectral.heatmap_eps}, {cfg.spectral.heatmap_images} images, "
+                                     "mean over seeds", figs / f"heatmaps_{tag}_s{s}.png")
                     lines += [f"![bands](figures/bands_{tag}_s{s}.png)", "",
                               f"![heat maps](figures/heatmaps_{tag}_s{s}.png)", ""]
                 radii = signature_radii(spec, ds, arch, cfg.datasets[ds].classes, cfg.report.chance_margin)

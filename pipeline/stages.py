@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import platform
+import tempfile
 from pathlib import Path
 
 import torch
 
 from . import data as D, io, masks as M, methods as MT, models, signature as SG, spectral as S, train as T
 from .config import METHOD_PARAMS, ROOT, Config, ConfigError, digest
+from .progress import Progress, note
 from .tracking import Run
 
 
@@ -102,11 +104,13 @@ def _check_mask(masks: dict, net, path, exclude=()) -> None:
         raise io.CorruptFile(str(e)) from None
 
 
-def _train(cfg, stage, recipe, net, data, rt, seed, key, run: Run):
+def _train(cfg, stage, recipe, net, data, rt, seed, key, run: Run, cell: str):
     ckpt = _checkpoint(cfg, stage, key)
+    progress = Progress(stage, cell, sum(r.epochs for r in recipe.rounds))
 
     def log(step, metrics):
         run.log_metrics(metrics, step)
+        progress(step, metrics)
     out = T.run(recipe, net, data, rt, seed, ckpt, key, log=log, run_id=run.run_id)
     return out, ckpt, out["seconds"]
 
@@ -141,7 +145,7 @@ def train_dense(cfg: Config, dataset: str, arch: str, seed: int, data: str, out:
         t = cfg.train
         recipe = T.Recipe([T.Round(t.epochs, t.lr, t.lr_drops, t.gamma)], momentum=t.momentum,
                           weight_decay=t.weight_decay, batch_size=t.batch_size, snapshots=t.save_epochs)
-        res, ckpt, secs = _train(cfg, "dense", recipe, net, dd, rt, seed, key, run)
+        res, ckpt, secs = _train(cfg, "dense", recipe, net, dd, rt, seed, key, run, f"{dataset}/{arch} seed{seed}")
         _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, key, extra_files={
             "snapshots.pt": {"kind": "snapshots", **_identity(arch, dd.classes, cfg), "job": key,
                              "snapshots": res["snapshots"]}})
@@ -198,9 +202,12 @@ def retrain(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, me
                          base_mask, snaps, teacher if method in MT.NEEDS_TEACHER else None)
         recipe = MT.METHODS[method](ctx)
         net = models.build(arch, dd.classes, cfg.model.width, seed)
-        res, ckpt, secs = _train(cfg, "retrain", recipe, net, dd, rt, seed, key, run)
+        res, ckpt, secs = _train(cfg, "retrain", recipe, net, dd, rt, seed, key, run,
+                                 f"{dataset}/{arch} seed{seed} s{sparsity} {method}")
         st = M.stats(res["masks"])
-        run.log_metrics({f"layer_sparsity/{n}": v for n, v in st["layers"].items()})
+        with tempfile.TemporaryDirectory() as tmp:   # an artifact, not 20 metric charts that bury test_acc
+            io.write_json(Path(tmp) / "layer_sparsity.json", st["layers"])
+            run.log_artifact(Path(tmp) / "layer_sparsity.json")
         _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, key, agreement_with=teacher,
                 extra_metrics={"sparsity": st["sparsity"], "nonzero": st["kept"], "prunable": st["total"]})
 
@@ -224,7 +231,9 @@ def _finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, key, extra_files=None,
         io.save(obj, _sibling(out, name))
     io.write_json(_sibling(out, "metrics.json"), metrics)
     io.save(_model_file(net, arch, dd.classes, cfg, res["masks"], data_sha256=dd.sha256, job=key), out)
-    run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, res["epochs"])
+    last = res["history"][-1] if res["history"] else {}      # val_acc, sparsity: logged by the last epoch
+    run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in last},
+                    res["epochs"])
     run.log_artifact(_sibling(out, "metrics.json"))
     if ckpt is not None:               # None: more outputs of this job follow (a chain's lower levels)
         ckpt.unlink(missing_ok=True)
@@ -239,6 +248,8 @@ def spectral(cfg: Config, data: str, model: str, out: str, teacher: str | None =
         raise ConfigError("spectral --mask needs --control-seed (the random control mask's seed) and --teacher")
     rt = T.runtime(cfg)
     blob = D.load(Path(data))
+    t = {k: "?" for k in ("dataset", "arch", "seed", "sparsity", "method")} | (tags or {})
+    cell = f"{t['dataset']}/{t['arch']} seed{t['seed']} s{t['sparsity']} {t['method']}"
     with Run(cfg, "spectral", {**(tags or {}), "data_sha256": blob["sha256"]}, cfg.section("spectral")) as run:
         dd = T.Data(blob, rt.device)
         same = {"classes": dd.classes, "width": cfg.model.width}
@@ -252,10 +263,15 @@ def spectral(cfg: Config, data: str, model: str, out: str, teacher: str | None =
             res = SG.evaluate_topologies(net, masks, control_seed, dd, rt, cfg.spectral, ref)
         res.update({k: str(v) for k, v in (tags or {}).items()}, experiment=cfg.name, hardware=hardware())
         heat = res.pop("heatmap")
+        note("spectral", cell, f"bands and heat map done in {res['heatmap_seconds']:.1f} s (heat map)")
         io.save({"kind": "heatmap", "heatmap": heat}, _sibling(out, Path(out).stem + "_heatmap.pt"))
         io.write_json(out, res)
         run.log_metrics({f"{band}_acc_r{r}": a for band in ("low", "high") for r, a in
                          zip(res["radii"], res[f"{band}_acc"])})
         run.log_metrics({"heatmap_seconds": res["heatmap_seconds"]})
         run.log_artifact(out)
-        run.log_artifact(_sibling(out, Path(out).stem + "_heatmap.pt"))
+        with tempfile.TemporaryDirectory() as tmp:     # the UI shows images, not tensors
+            from . import figures
+            png = Path(tmp) / f"{Path(out).stem}_spectrum.png"
+            figures.model_spectrum(res, heat, f"{cfg.name}: {cell}", png)
+            run.log_artifact(png, "figures")

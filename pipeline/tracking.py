@@ -1,6 +1,12 @@
 """MLflow: every job is one run (tags for stage, dataset, arch, seed, sparsity, method; the resolved params;
 the git commit; the data checksum; per-epoch metrics; artifacts).
 
+A run's name starts with the method and cell (`fourier_kd s0.9 seed0 | retrain synthetic/resnet20`). Tags say
+what made it: `params_digest` (the job and every parameter it reads), `git_commit`, `invocation` (snakemake,
+dvc or manual) and `invocation_id`. When a job runs again, its older runs get `superseded = "true"` (and
+`superseded_by`), so the filter `tags.superseded = "false"` counts every model once. The experiment's
+description (shown in the UI) says how to compare the methods.
+
 On one machine, parallel jobs share one SQLite store. SQLite allows one writer at a time, so every call here
 holds an exclusive file lock beside the store (and retries with backoff if the database still reports itself
 locked): no lost run, no lost metric, no "database is locked" failure. On a cluster, jobs on many nodes log
@@ -16,7 +22,24 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import ROOT, Config, ConfigError
+from .colors import color
+from .config import ROOT, Config, ConfigError, digest
+from .provenance import invocation
+
+COMPARE_FILTER = 'tags.stage = "retrain" and tags.superseded = "false"'   # the README and tests use it
+DESCRIPTION = """\
+**{name}**: one run per job of the Snakemake/DVC DAG (Shang et al., ICASSP 2022: Fourier-guided MBP vs MBP baselines).
+
+Compare the methods (Runs, table view):
+
+1. Search: `{filter}` (retrained models, each counted once).
+2. Columns: tick `test_acc` (final test accuracy; also `val_acc`, `train_seconds`). Sort: `test_acc`.
+3. Several seeds: Group by `method` (a tag); a group row shows the mean over its seeds.
+
+Spectral evaluations: `tags.stage = "spectral"` (band curves and heat map under each run's artifacts, figures/).
+The written report with claims and intervals: runs/{name}/report/README.md.
+"""
+JOB_TAGS = ("dataset", "arch", "seed", "sparsity", "method")    # with `stage`: which job a run belongs to
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -66,6 +89,14 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def run_name(tags: dict) -> str:
+    """Method and cell first (what a reader compares), then stage and data: `kd s0.9 seed0 | retrain c10/r20`."""
+    cell = " ".join(x for x in (tags.get("method"), f"s{tags['sparsity']}" if tags.get("sparsity") not in
+                                (None, "0.0") else None, f"seed{tags['seed']}" if "seed" in tags else None) if x)
+    where = "/".join(tags[k] for k in ("dataset", "arch") if k in tags)
+    return " | ".join(x for x in (cell, " ".join(x for x in (tags["stage"], where) if x)) if x)
+
+
 class Run:
     """One MLflow run for one job. Use as a context manager: an exception marks it FAILED with the message."""
 
@@ -86,21 +117,37 @@ class Run:
             # Artifacts beside a SQLite store (tests and users moving the store move them too).
             art = (self.lock.parent / "mlartifacts" / self.experiment).resolve().as_uri() \
                 if self.uri.startswith("sqlite:///") else None      # a server: its artifact root
-            exp_id = self.client.create_experiment(self.experiment, artifact_location=art)
+            exp_id = self.client.create_experiment(
+                self.experiment, artifact_location=art,
+                tags={"mlflow.note.content": DESCRIPTION.format(name=self.experiment, filter=COMPARE_FILTER),
+                      "mlflow.experimentKind": "custom_model_development"})   # the UI opens on "Model training"
         else:
             exp_id = exp.experiment_id
         if run_id is not None and self._exists(run_id):
             self.client.update_run(run_id, status="RUNNING")   # a resumed job continues its own run
         else:                                                  # (a new run if that store was deleted)
+            tool, tool_id = invocation()
             tags = {"stage": stage, "git_commit": git_commit(), "experiment": experiment,
                     **{k: str(v) for k, v in tags.items()}}
-            name = "-".join(str(tags[k]) for k in ("stage", "dataset", "arch", "method", "sparsity", "seed")
-                            if k in tags)
-            self.run_id = self.client.create_run(exp_id, tags=tags, run_name=name).info.run_id
+            tags.update(params_digest=digest({"stage": stage, **tags, "params": params}, drop=("git_commit",)),
+                        invocation=tool, invocation_id=tool_id, superseded="false")
+            if "method" in tags:
+                tags["mlflow.runColor"] = color(tags["method"])      # the figures' colour in the UI too
+            self.run_id = self.client.create_run(exp_id, tags=tags, run_name=run_name(tags)).info.run_id
+            self._supersede(exp_id, tags)
             from mlflow.entities import Param
             items = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(params).items())]
             for i in range(0, len(items), 100):
                 self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def _supersede(self, exp_id: str, tags: dict) -> None:
+        """Older runs of the same job (same stage and cell) get superseded = "true": they describe outputs
+        this run replaces, whatever their parameters were (their params_digest tells which)."""
+        job = " and ".join(f"tags.{k} = '{tags[k]}'" for k in ("stage", *JOB_TAGS) if k in tags)
+        for r in self.client.search_runs([exp_id], f"{job} and tags.superseded = 'false'", max_results=1000):
+            if r.info.run_id != self.run_id:
+                self.client.set_tag(r.info.run_id, "superseded", "true")
+                self.client.set_tag(r.info.run_id, "superseded_by", self.run_id)
 
     def _exists(self, run_id: str) -> bool:
         from mlflow.exceptions import MlflowException

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from . import io, masks as M
 from .captured import CapturedStep
+from .config import full_band_radius
 from .errors import Diverged
 
 # ------------------------------------------------------------------------------------------- the device
@@ -344,5 +345,5 @@ def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, e
     out = {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
            "first_bad_step": int(first_bad)}
     if radius is not None:
-        out["radius"] = -1.0 if math.isinf(radius) else float(radius)   # -1 in logs = full band
+        out["radius"] = full_band_radius(x.shape[-1]) if math.isinf(radius) else float(radius)   # corner
     return out

@@ -48,3 +48,30 @@ def run_stage(*args, env: dict, timeout: float = 600) -> subprocess.CompletedPro
     """`python -m pipeline <args>` in a subprocess, output captured."""
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def project_copy(dest: Path) -> Path:
+    """A copy of the project's tracked sources at `dest` (no runs/, no MLflow store): commands that write files
+    (make, snakemake, dvc, export_dvc) run there, never in the checkout. Returns `dest`."""
+    import shutil
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("Snakefile", "params.yaml", "dvc.yaml", "dvc.params.yaml", "Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / f, dest / f)
+    for d in ("pipeline", "configs", "docs", "benchmarks"):
+        shutil.copytree(ROOT / d, dest / d, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def make(target: str, repo: Path) -> str:
+    """`make TARGET` as the README writes it, in `repo`, using this interpreter's environment (a stamp newer
+    than pyproject.toml tells make that the install is done: tests never reinstall the shared venv)."""
+    stamp = repo / ".installed"
+    stamp.touch()
+    return f"make {target} VENV={Path(sys.executable).parent.parent} STAMP={stamp}"
+
+
+def copy_env(repo: Path) -> dict:
+    """Environment for commands in a project copy: the copy's package, not the checkout's; its own MLflow."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_RUNS")}
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONPATH=str(repo))
+    return env

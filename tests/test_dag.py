@@ -7,12 +7,14 @@ from collections import Counter
 import yaml
 
 from pipeline.config import CHAIN_METHODS, ROOT, load
-from pipeline.dag import export_dvc, snakemake_jobs
+from pipeline.dag import PARAMS_FILE, export_dvc, resolved_params, snakemake_jobs
+
+STALE = "stale: python -m pipeline export_dvc --experiment smoke > dvc.yaml"
 
 
 def test_committed_dvc_yaml_is_the_snakefile_export():
-    committed = (ROOT / "dvc.yaml").read_text()
-    assert committed == export_dvc("smoke"), "dvc.yaml is stale: python -m pipeline export_dvc --experiment smoke > dvc.yaml"
+    assert (ROOT / "dvc.yaml").read_text() == export_dvc("smoke"), f"dvc.yaml is {STALE}"
+    assert (ROOT / PARAMS_FILE).read_text() == resolved_params("smoke"), f"{PARAMS_FILE} is {STALE}"
 
 
 def test_dvc_stages_match_snakemake_jobs_one_to_one():
@@ -54,7 +56,22 @@ def test_paper_grid_plans_every_stage_and_cell():
 
 
 def test_rules_pass_only_the_sections_a_method_reads():
-    """distill.* is a param of the distillation methods' retrain jobs only (so changing T reruns just those)."""
+    """Each method's exact keys: all of distill.* for the Fourier curricula, T and alpha for kd, the radius
+    schedule without T or alpha for freq_ce (so changing T reruns exactly the teacher-using methods)."""
     jobs = [j for j in snakemake_jobs("smoke") if j["rule"] == "retrain"]
     with_distill = {j["wildcards"]["method"] for j in jobs if "distill" in j["params"]}
-    assert with_distill == {"kd", "fourier_kd", "fourier_kd_reverse", "freq_ce"}
+    assert with_distill == {"fourier_kd", "fourier_kd_reverse"}
+    params = {j["wildcards"]["method"]: j["params"] for j in jobs}
+    assert [p for p in params["kd"] if p.startswith("distill")] == ["distill.T", "distill.alpha"]
+    assert [p for p in params["freq_ce"] if p.startswith("distill")] == [
+        "distill.filter", "distill.full_band_at", "distill.radius_start", "distill.schedule", "distill.steps"]
+
+
+def test_dvc_params_read_the_merged_config():
+    """A value the experiment sets (distill.full_band_at in configs/smoke.yaml) and one it inherits (distill.T
+    from params.yaml) are both read from dvc.params.yaml, the merged config, never from params.yaml alone."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    files = {f for s in stages.values() for p in s.get("params", []) for f in p}
+    assert files == {PARAMS_FILE}
+    merged = yaml.safe_load((ROOT / PARAMS_FILE).read_text())
+    assert merged["distill"]["full_band_at"] == 0.5 and merged["distill"]["T"] == 4.0 and merged["name"] == "smoke"

@@ -1,25 +1,25 @@
-"""End to end: the whole smoke DAG through Snakemake in a temporary copy of the project, then the same DAG
-through DVC (adopting Snakemake's outputs), reruns, and a parameter change that must rerun only what depends
-on it. Slow (minutes): it is the test that the product works."""
+"""End to end: `make smoke` (the whole smoke DAG through Snakemake) in a temporary copy of the project, then
+the same DAG through DVC (`make dvc-adopt` takes Snakemake's outputs, `make dvc-smoke` has nothing to do),
+reruns, a parameter change in the experiment that must rerun only what depends on it, MLflow's view of it
+all, the Snakemake report, `make publish` and `make clean-smoke`. Slow (minutes): it is the test that the
+product works, and it runs the README's commands as written (tests/test_readme.py points here)."""
 from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.config import ROOT
+from pipeline.config import CHAIN_METHODS, ROOT
+
+from .conftest import copy_env, make, project_copy
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-DISTILL = {"kd", "fourier_kd", "fourier_kd_reverse", "freq_ce"}
+TEACHER = {"kd", "fourier_kd", "fourier_kd_reverse"}      # the methods that read distill.T
 
 
 def sh(cmd, repo, env, timeout=1800, ok=True):
@@ -29,39 +29,38 @@ def sh(cmd, repo, env, timeout=1800, ok=True):
     return r
 
 
-def project_copy(folder: Path) -> tuple[Path, dict]:
-    """A copy of the project (Snakefile, params, dvc.yaml, package, experiments) and the environment that
-    runs the copy's package, not the checkout's."""
-    repo = folder / "repo"
-    repo.mkdir()
-    for f in ("Snakefile", "params.yaml", "dvc.yaml"):
-        shutil.copy(ROOT / f, repo / f)
-    for d in ("pipeline", "configs"):
-        shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_RUNS")}
-    env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(repo))
-    return repo, env
-
-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    repo, env = project_copy(tmp_path_factory.mktemp("e2e"))
-    r = sh("snakemake --cores 2 --configfile configs/smoke.yaml", repo, env)
+    repo = project_copy(tmp_path_factory.mktemp("e2e") / "repo")
+    env = copy_env(repo)
+    r = sh(make("smoke", repo), repo, env)
     return repo, env, r
 
 
 def _jobs(cfg_path: Path) -> int:
     g = yaml.safe_load(cfg_path.read_text())["grid"]
     cells = len(g["datasets"]) * len(g["archs"]) * len(g["seeds"])
-    methods = len(yaml.safe_load((ROOT / "params.yaml").read_text())["grid"]["methods"])
-    # prepare per dataset; dense + its spectral per cell; prune + spectral_pruned + (retrain + spectral) per
-    # method, per sparsity; one report
-    return len(g["datasets"]) + 2 * cells + cells * len(g["sparsities"]) * (2 * methods + 2) + 1
+    methods = yaml.safe_load((ROOT / "params.yaml").read_text())["grid"]["methods"]
+    chained = len([m for m in methods if m in CHAIN_METHODS])
+    one_shot = len(methods) - chained
+    # prepare per dataset; dense + its spectral per cell; one chain per iterative method per cell; per
+    # sparsity: prune + spectral_pruned + (retrain + spectral) per one-shot method + spectral per chain level;
+    # one report
+    return (len(g["datasets"]) + 2 * cells + cells * chained
+            + cells * len(g["sparsities"]) * (2 + 2 * one_shot + chained) + 1)
+
+
+def _runs(cfg_path: Path) -> int:
+    """MLflow runs: one per job, and one per level of each chain (stage retrain, like a retrained model)."""
+    g = yaml.safe_load(cfg_path.read_text())["grid"]
+    methods = yaml.safe_load((ROOT / "params.yaml").read_text())["grid"]["methods"]
+    levels = len(g["datasets"]) * len(g["archs"]) * len(g["seeds"]) * len(g["sparsities"])
+    return _jobs(cfg_path) + levels * len([m for m in methods if m in CHAIN_METHODS])
 
 
 def test_every_output_exists_and_parses(smoke):
     repo, _, _ = smoke
-    out = repo / "results" / "smoke"
+    out = repo / "runs" / "smoke" / "report"
     rows = list(csv.DictReader((out / "summary.csv").open()))
     methods = {r["method"] for r in rows}
     assert methods == {"dense"} | set(yaml.safe_load((repo / "params.yaml").read_text())["grid"]["methods"])
@@ -82,6 +81,12 @@ def test_every_output_exists_and_parses(smoke):
         assert (out / "figures" / png).stat().st_size > 1000
     assert len(re.findall(r"\(figures/", readme)) == 3
     assert json.loads((out / "metrics.json").read_text())
+    # every job wrote its log: file; training jobs one progress line per epoch
+    logs = repo / "runs" / "smoke" / "logs"
+    assert len(list(logs.rglob("*.log"))) == _jobs(repo / "configs" / "smoke.yaml")
+    dense_log = (logs / "train_dense" / "synthetic" / "resnet20" / "seed0.log").read_text()
+    assert re.findall(r"epoch (\d)/2 .*loss .* acc .* lr .* elapsed .* left", dense_log) == ["1", "2"], dense_log
+    assert "radius 22.63" in (logs / "retrain/synthetic/resnet20/seed0/s0.9/fourier_kd.log").read_text()
 
 
 def test_mlflow_has_one_finished_run_per_job(smoke):
@@ -90,15 +95,30 @@ def test_mlflow_has_one_finished_run_per_job(smoke):
     client = MlflowClient(f"sqlite:///{repo / 'mlruns.db'}")
     exp = client.get_experiment_by_name("smoke")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    assert len(runs) == _jobs(repo / "configs" / "smoke.yaml")
+    assert len(runs) == _runs(repo / "configs" / "smoke.yaml")
     assert {r.info.status for r in runs} == {"FINISHED"}
     stages = [r.data.tags["stage"] for r in runs]
-    assert stages.count("retrain") == 12 and stages.count("report") == 1
+    # 9 one-shot methods, and the 3 chains' levels (one each: the smoke grid has one sparsity)
+    assert stages.count("retrain") == 12 and stages.count("chain") == 3 and stages.count("report") == 1
+    assert {r.data.tags["invocation"] for r in runs} == {"snakemake"}
+    assert len({r.data.tags["invocation_id"] for r in runs}) == 1
+    assert {r.data.tags["superseded"] for r in runs} == {"false"}
+    assert "tags.superseded" in exp.tags["mlflow.note.content"]
     for r in runs:
         if r.data.tags["stage"] in ("retrain", "train_dense", "spectral"):
-            assert {"dataset", "arch", "seed", "sparsity", "method", "git_commit", "data_sha256"} <= set(r.data.tags)
-        if r.data.tags["stage"] == "retrain":
-            assert client.get_metric_history(r.info.run_id, "val_acc"), "per-epoch metrics are logged"
+            assert {"dataset", "arch", "seed", "sparsity", "method", "git_commit", "data_sha256",
+                    "params_digest"} <= set(r.data.tags)
+            assert r.info.run_name.startswith(r.data.tags["method"] + " ")
+        if r.data.tags["stage"] == "retrain" and "chain_run" not in r.data.params:   # a chain level: no epochs
+            val = client.get_metric_history(r.info.run_id, "val_acc")
+            assert [m.step for m in val] == list(range(1, len(val) + 1)), "val_acc once per epoch, never twice"
+            assert {"test_acc", "train_seconds"} <= set(r.data.metrics)
+        if r.data.tags["stage"] == "retrain" and r.data.tags["method"] == "fourier_kd":
+            radius = [m.value for m in client.get_metric_history(r.info.run_id, "radius")]
+            assert radius[-1] == pytest.approx(22.627417), "the full band is logged as the corner radius"
+        if r.data.tags["stage"] == "spectral":
+            arts = [a.path for a in client.list_artifacts(r.info.run_id, "figures")]
+            assert len(arts) == 1 and arts[0].endswith("_spectrum.png"), arts
 
 
 def test_snakemake_rerun_does_nothing(smoke):
@@ -107,46 +127,74 @@ def test_snakemake_rerun_does_nothing(smoke):
     assert "Nothing to be done" in r.stdout + r.stderr
 
 
-def test_dvc_runs_the_same_dag_and_reruns_only_what_changed(smoke):
+def test_dvc_adopts_the_run_and_reruns_only_what_changed(smoke):
     repo, env, _ = smoke
-    sh("dvc init --no-scm -q && dvc commit -f -q", repo, env)            # adopt Snakemake's outputs
-    r = sh("dvc repro", repo, env)
+    sh("dvc init --no-scm -q", repo, env)                  # the copy has no git; the project commits .dvc/
+    sh(make("dvc-adopt", repo), repo, env)                 # DVC takes Snakemake's outputs, computing nothing
+    r = sh(make("dvc-smoke", repo), repo, env)
     assert "Running stage" not in r.stdout, r.stdout[-2000:]
     assert sh("dvc metrics show", repo, env).stdout.strip()
     sh("dvc plots show -o dvc_plots", repo, env)
     assert (repo / "dvc_plots" / "index.html").exists()
-    # Change the distillation temperature: exactly the four distillation methods' jobs are out of date.
-    params = repo / "params.yaml"
-    params.write_text(params.read_text().replace("  T: 4.0 ", "  T: 3.0 "))
+    # Change the temperature in the EXPERIMENT (not params.yaml): exactly the teacher-using methods are out of
+    # date (not freq_ce, which reads no T), in both tools.
+    smoke_cfg = repo / "configs" / "smoke.yaml"
+    smoke_cfg.write_text(smoke_cfg.read_text().replace("distill:\n", "distill:\n  T: 3.0\n"))
+    sh("python -m pipeline export_dvc --experiment smoke > dvc.yaml", repo, env)
     status = json.loads(sh("dvc status --json", repo, env).stdout)
     changed = {s for s in status if s.startswith("retrain-")}
-    assert {s.rsplit("-", 1)[1] for s in changed} == DISTILL
+    assert {s.rsplit("-", 1)[1] for s in changed} == TEACHER
     assert not {s for s in status if not s.startswith("retrain-")}, status
     plan = sh("snakemake -n --cores 2 --configfile configs/smoke.yaml", repo, env).stdout
     planned = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.split("Job stats:")[1], re.M))
-    assert planned == {"retrain": "4", "spectral": "4", "report": "1", "total": "10", "all": "1"}, plan[-1500:]
-    r = sh("dvc repro", repo, env)
+    assert planned == {"retrain": "3", "spectral": "3", "report": "1", "total": "8", "all": "1"}, plan[-1500:]
+    r = sh(make("dvc-smoke", repo), repo, env)
     ran = set(re.findall(r"Running stage '([^']+)'", r.stdout))
     assert {s for s in ran if s.startswith("retrain-")} == changed
     assert all(s.startswith(("retrain-", "spectral-", "report")) for s in ran), ran
     assert "Running stage" not in sh("dvc repro", repo, env).stdout
+    # MLflow: the DVC reruns supersede the Snakemake runs of the same jobs; each job counts once
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(f"sqlite:///{repo / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    current = client.search_runs([exp.experiment_id], "tags.superseded = 'false'", max_results=1000)
+    assert len(current) == _runs(smoke_cfg)
+    retrain = {r.data.tags["method"]: r.data.tags["invocation"] for r in current if r.data.tags["stage"] == "retrain"}
+    assert {m for m, tool in retrain.items() if tool == "dvc"} == TEACHER
+    old = client.search_runs([exp.experiment_id], "tags.superseded = 'true'", max_results=1000)
+    assert sorted((r.data.tags["stage"], r.data.tags.get("method", "")) for r in old) == sorted(
+        [("retrain", m) for m in TEACHER] + [("spectral", m) for m in TEACHER] + [("report", "")])
 
 
 def test_snakemake_html_report(smoke):
     repo, env, _ = smoke
     sh("snakemake --report report.html --configfile configs/smoke.yaml", repo, env)
     html = (repo / "report.html").read_text(errors="ignore")
-    assert "accuracy_vs_sparsity" in html
+    for text in ("accuracy_vs_sparsity", "Fourier-MBP", "summary.csv", "Claims", "one colour per method"):
+        assert text in html, text
+
+
+def test_publish_then_clean(smoke):
+    repo, env, _ = smoke
+    sh(make("publish EXPERIMENT=smoke", repo), repo, env)
+    out = repo / "results" / "smoke"
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "figures", "metrics.json", "spectral.csv",
+                                                      "summary.csv"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
+        p.name for p in (repo / "runs/smoke/report/figures").glob("*.png"))
+    sh(make("clean-smoke", repo), repo, env)
+    assert not (repo / "runs" / "smoke").exists()
+    assert "Nothing to be done" not in sh("snakemake -n --cores 2 --configfile configs/smoke.yaml", repo, env).stdout
 
 
 def test_prune_exclude_end_to_end(tmp_path):
     """prune.exclude through the whole DAG (one method, one seed): the excluded classifier is never pruned
     and every later stage accepts the mask without it."""
-    repo, env = project_copy(tmp_path)
+    repo = project_copy(tmp_path / "repo")
+    env = copy_env(repo)
     from pipeline.config import merge, read_yaml
     raw = merge(read_yaml(repo / "configs" / "smoke.yaml"), {
-        "name": "exclude", "prune": {"exclude": ["fc"]}, "grid": {"methods": ["finetune"]},
-        "report": {"dir": "results/exclude"}})
+        "name": "exclude", "prune": {"exclude": ["fc"]}, "grid": {"methods": ["finetune"]}})
     (repo / "configs" / "exclude.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     sh("snakemake --cores 2 --configfile configs/exclude.yaml", repo, env)
     import torch
@@ -158,5 +206,5 @@ def test_prune_exclude_end_to_end(tmp_path):
     assert "fc.weight" not in model["masks"] and bool((model["state"]["fc.weight"] != 0).all())
     spectral = json.loads((repo / f"runs/exclude/spectral/{cell}/pruned.json").read_text())
     assert set(spectral["variants"]) == {"pruned_bn", "random_mask", "random_mask_bn"}
-    rows = list(csv.DictReader((repo / "results" / "exclude" / "summary.csv").open()))
+    rows = list(csv.DictReader((repo / "runs" / "exclude" / "report" / "summary.csv").open()))
     assert {r["method"] for r in rows} == {"dense", "finetune"}

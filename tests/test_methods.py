@@ -172,8 +172,8 @@ def test_fourier_kd_logs_its_radius_schedule(trained):
     expected = [MT.fq.radius_at(e, CFG.retrain.epochs, d.radius_start, d.full_band_at, d.schedule, d.steps)
                 for e in range(2)]
     assert expected[-1] == math.inf, "the smoke schedule reaches the full band in its last epoch"
-    # the history (and MLflow) write the full band as -1 (JSON and MLflow have no inf)
-    assert [h["radius"] for h in res["history"]] == [-1.0 if math.isinf(r) else r for r in expected]
+    # the history (and MLflow) write the full band as the corner radius of a 32x32 spectrum, hypot(16, 16)
+    assert [h["radius"] for h in res["history"]] == [math.hypot(16, 16) if math.isinf(r) else r for r in expected]
 
 
 # ---------------------------------------------------------------------------------- iterative methods

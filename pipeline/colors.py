@@ -1,0 +1,18 @@
+"""One colour per method, the same in every figure, in the report and in the MLflow UI (tag mlflow.runColor).
+Hex strings (matplotlib's tab20 palette), so that tracking can use them without importing matplotlib. A method
+not listed here (added later) gets FALLBACK."""
+from __future__ import annotations
+
+COLORS = {  # the paper's method (red) and its controls in related shades; the teacher black
+    "dense": "#000000", "pruned": "#7f7f7f",
+    "finetune": "#1f77b4", "finetune_layerwise": "#aec7e8", "random": "#e377c2",
+    "kd": "#ff7f0e", "fourier_kd": "#d62728", "fourier_kd_reverse": "#ff9896", "freq_ce": "#ffbb78",
+    "imp": "#2ca02c", "lth": "#9467bd", "lth_init": "#c5b0d5", "lr_rewind": "#8c564b", "gmp": "#17becf",
+    # the pruning signature's variants (spectral only)
+    "pruned_bn": "#c7c7c7", "random_mask": "#f7b6d2", "random_mask_bn": "#dbdb8d",
+}
+FALLBACK = "#bcbd22"
+
+
+def color(method: str) -> str:
+    return COLORS.get(method, FALLBACK)

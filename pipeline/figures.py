@@ -1,0 +1,102 @@
+"""The report's figures, one function each. Every method has ONE colour, the same in every figure and in the
+MLflow UI: colors.color(method).
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .colors import color  # noqa: E402
+from .methods import ONE_SHOT  # noqa: E402
+from .spectral import FULL  # noqa: E402
+
+HEATMAP_METHODS = ("dense", "pruned", "finetune", "kd", "fourier_kd")
+
+
+def _save(fig, path, dpi=110):
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def sparsity(summary, ds, arch, path):
+    """Test accuracy per method. Several sparsities: lines over sparsity. One sparsity: one point per method
+    with its spread over seeds as an error bar, so no method hides behind another."""
+    df = summary[(summary.dataset == ds) & (summary.arch == arch)]
+    methods = [m for m in df.method.unique() if m != "dense"]
+    levels = sorted(df[df.method != "dense"].sparsity.unique())
+    dense = df[df.method == "dense"].test_acc
+    if len(levels) == 1:
+        fig, ax = plt.subplots(figsize=(7, 0.45 * len(methods) + 1.6), layout="constrained")
+        for i, m in enumerate(methods):
+            a = df[df.method == m].test_acc
+            ax.errorbar(100 * a.mean(), i, xerr=100 * (a.std() if len(a) > 1 else 0), fmt="o", capsize=3,
+                        color=color(m))
+        ax.set_yticks(range(len(methods)), methods)
+        ax.invert_yaxis()
+        ax.axvline(100 * dense.mean(), color=color("dense"), lw=1, ls=":", label="dense")
+        n = df.groupby("method").seed.nunique().max()
+        ax.set(xlabel=f"test accuracy (%), mean ± std over {n} seed(s)",
+               title=f"{ds} / {arch}, sparsity {levels[0]}")
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+        for m in methods:
+            g = df[df.method == m].groupby("sparsity").test_acc
+            ax.errorbar(g.mean().index, 100 * g.mean(), yerr=100 * g.std().fillna(0), marker="o", capsize=3,
+                        label=m, color=color(m), linestyle="-" if m in ONE_SHOT else "--")
+        ax.axhline(100 * dense.mean(), color=color("dense"), lw=1, label="dense")
+        ax.set(xlabel="sparsity", ylabel="test accuracy (%)", title=f"{ds} / {arch}: accuracy vs sparsity")
+        ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+
+
+def bands(spec, ds, arch, s, path, filt):
+    df = spec[(spec.dataset == ds) & (spec.arch == arch) & ((spec.sparsity == s) | (spec.method == "dense"))]
+    df = df[df.radius != FULL]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True, layout="constrained")
+    for ax, band in zip(axes, ("low", "high")):
+        for m in df.method.unique():
+            g = df[(df.method == m) & (df.band == band)].groupby("radius").acc.mean()
+            ax.plot(g.index.astype(float), 100 * g.values, marker=".", label=m, color=color(m),
+                    lw=2.5 if m in ("dense", "fourier_kd") else 1)
+        ax.set(xlabel="radius (frequency bins)", title=f"{band}-pass test accuracy",
+               ylabel="accuracy (%)" if band == "low" else None)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=7)
+    fig.suptitle(f"{ds} / {arch}, sparsity {s}, {filt} filter (mean over seeds)")
+    _save(fig, path)
+
+
+def heatmaps(maps: dict, title: str, path):
+    """maps: method -> (H, W) error-rate tensor, centred. Panels far enough apart that labels never meet."""
+    fig, axes = plt.subplots(1, len(maps), figsize=(3.0 * len(maps) + 1.2, 3.6), layout="constrained",
+                             squeeze=False)
+    axes = axes[0]
+    half = next(iter(maps.values())).shape[0] // 2
+    for ax, (m, hm) in zip(axes, maps.items()):
+        im = ax.imshow(100 * hm.numpy(), vmin=0, vmax=100, cmap="viridis", extent=(-half, half, half, -half))
+        ax.set_title(m, color=color(m))
+        ax.set_xticks([-half, 0, half])
+        ax.set_yticks([-half, 0, half] if ax is axes[0] else [])
+        ax.set_xlabel("j")
+    axes[0].set_ylabel("i")
+    fig.colorbar(im, ax=list(axes), label="error rate (%)", shrink=0.8)
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path, dpi=100)
+
+
+def model_spectrum(res: dict, heat, title: str, path):
+    """One model (an MLflow run's image): low-/high-pass accuracy per radius, and its Fourier heat map."""
+    radii = [r for r in res["radii"] if r != FULL]
+    fig, (ax, hx) = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained", width_ratios=(1.4, 1))
+    for band, ls in (("low", "-"), ("high", "--")):
+        ax.plot(radii, [100 * a for a in res[f"{band}_acc"][:len(radii)]], ls, marker=".", label=f"{band}-pass")
+    ax.set(xlabel="radius (frequency bins)", ylabel="test accuracy (%)", ylim=(0, 100))
+    ax.legend(fontsize=8)
+    half = heat.shape[0] // 2
+    im = hx.imshow(100 * heat.numpy(), vmin=0, vmax=100, cmap="viridis", extent=(-half, half, half, -half))
+    hx.set(title="Fourier heat map", xlabel="j", ylabel="i")
+    fig.colorbar(im, ax=hx, label="error rate (%)")
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)

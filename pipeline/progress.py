@@ -1,0 +1,67 @@
+"""What a running job tells the person watching: one line per epoch on stderr (stage, cell, epoch/total, loss,
+accuracy, lr, radius, elapsed, time left), and, with `--log FILE`, the same stderr copied to that file (every
+Snakemake rule has a `log:` file; `tail -f runs/<name>/logs/...` follows a job).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class Progress:
+    """`Progress(stage, cell, total)(done, metrics)` prints one line; the time left extrapolates the epochs
+    run in this process (a resumed job does not count the epochs it skipped)."""
+
+    def __init__(self, stage: str, cell: str, total: int, stream=None):
+        self.stage, self.cell, self.total = stage, cell, total
+        self.stream = stream
+        self.t0 = time.time()
+        self.first: int | None = None
+
+    def __call__(self, done: int, m: dict) -> None:
+        if self.first is None:
+            self.first = done - 1
+        elapsed = time.time() - self.t0
+        left = elapsed / max(1, done - self.first) * (self.total - done)
+        parts = [f"[{self.stage} {self.cell}] epoch {done}/{self.total}"]
+        for key, fmt in (("train_loss", "loss {:.4f}"), ("train_acc", "acc {:.3f}"), ("val_acc", "val {:.3f}"),
+                         ("lr", "lr {:.3g}"), ("radius", "radius {:.2f}"), ("sparsity", "sparsity {:.3f}")):
+            if m.get(key) is not None:
+                parts.append(fmt.format(m[key]))
+        parts.append(f"elapsed {_clock(elapsed)} left {_clock(left)}")
+        print("  ".join(parts), file=self.stream or sys.stderr, flush=True)
+
+
+def note(stage: str, cell: str, text: str) -> None:
+    """One line for a job without epochs (spectral evaluation, report)."""
+    print(f"[{stage} {cell}] {text}", file=sys.stderr, flush=True)
+
+
+class _Tee:
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, s):
+        for st in self.streams:
+            st.write(s)
+        return len(s)
+
+    def flush(self):
+        for st in self.streams:
+            st.flush()
+
+    def __getattr__(self, name):          # fileno, isatty, encoding ...: the terminal's
+        return getattr(self.streams[0], name)
+
+
+def log_to(path: str | None) -> None:
+    """Copy everything written to stderr from here on to `path` (created with its folder; overwritten)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        sys.stderr = _Tee(sys.stderr, open(path, "w", buffering=1))

@@ -1,0 +1,68 @@
+"""Figures: one fixed colour per method everywhere; a single-sparsity grid gives one point per method with an
+error bar; heat-map panels' labels never overlap."""
+from __future__ import annotations
+
+import matplotlib
+import pandas as pd
+import pytest
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pipeline import colors, figures  # noqa: E402
+from pipeline.config import METHODS  # noqa: E402
+
+
+def test_every_method_has_its_own_colour_and_unknown_ones_a_fallback():
+    named = ["dense", "pruned", *METHODS]
+    assert len({colors.color(m) for m in named}) == len(named)
+    assert colors.color("lth_init") == colors.FALLBACK not in {colors.color(m) for m in named}
+
+
+def _summary(sparsities, seeds=(0, 1)):
+    rows = [dict(dataset="d", arch="a", seed=s, sparsity=0.0, method="dense", test_acc=0.9) for s in seeds]
+    rows += [dict(dataset="d", arch="a", seed=s, sparsity=sp, method=m, test_acc=0.5 + 0.01 * i + 0.02 * s)
+             for sp in sparsities for i, m in enumerate(METHODS) for s in seeds]
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The figure a function saves, kept open for inspection."""
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, dpi=110: saved.append(fig))
+    yield saved
+    plt.close("all")
+
+
+def test_one_sparsity_gives_one_point_per_method_with_error_bars(captured, tmp_path):
+    figures.sparsity(_summary([0.9]), "d", "a", tmp_path / "x.png")
+    ax = captured[0].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(METHODS)
+    assert len(ax.containers) == len(METHODS)                       # one errorbar container per method
+    for m, c in zip(METHODS, ax.containers):
+        assert matplotlib.colors.to_hex(c.lines[0].get_color()) == colors.color(m)
+        (seg,) = c.lines[2][0].get_segments()                       # the x error bar: mean -/+ std over 2 seeds
+        assert seg[1][0] - seg[0][0] == pytest.approx(2 * 100 * pd.Series([0.0, 0.02]).std())
+
+
+def test_several_sparsities_give_one_line_per_method(captured, tmp_path):
+    figures.sparsity(_summary([0.5, 0.9]), "d", "a", tmp_path / "x.png")
+    ax = captured[0].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dense", *METHODS]   # axhline first
+
+
+def test_heatmap_labels_do_not_overlap(captured, tmp_path):
+    maps = {m: torch.rand(32, 32) for m in ("dense", "pruned", "finetune", "kd", "fourier_kd")}
+    figures.heatmaps(maps, "title", tmp_path / "x.png")
+    fig = captured[0]
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"][:5]
+    boxes = [[t.get_window_extent(r) for t in ax.get_xticklabels() + ax.get_yticklabels() + [ax.title]
+              if t.get_text()] for ax in panels]
+    for left, right in zip(boxes, boxes[1:]):
+        for a in left:
+            for b in right:
+                assert not a.overlaps(b), (a, b)

@@ -1,0 +1,82 @@
+"""Every command in the README's "Running" sections works as written: this test runs it (in a copy of the
+project), or names the test that does, or says why it cannot run here. A command added to those sections
+without an entry here fails the test."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from pipeline.config import ROOT
+
+from .conftest import copy_env, make, project_copy
+
+E2E = "tests/test_e2e.py (the smoke DAG in a copy of the project)"
+# command -> ("run", how to run it here, what its output must contain) | ("test", where) | ("why", reason)
+CHECKS = {
+    "make smoke": ("test", E2E),
+    "make ui": ("test", "tests/test_browser.py serves the same `mlflow ui` on 127.0.0.1 and drives Chromium"),
+    "make test-fast": ("run", "make -n test-fast", "pytest -q tests/test_config.py"),
+    "make test": ("why", "the whole suite; .ci/run runs it in CI (running it from a test would recurse)"),
+    "make reproduce": ("run", "make -n reproduce", "snakemake --cores all\n"),
+    "snakemake --cores all --configfile configs/smoke.yaml": ("test", E2E + ", via make smoke"),
+    "snakemake --cores 4 runs/paper/retrain/cifar10/resnet20/seed0/s0.9/fourier_kd/model.pt":
+        ("run", "snakemake -n --cores 4 runs/paper/retrain/cifar10/resnet20/seed0/s0.9/fourier_kd/model.pt",
+         "retrain "),          # planned, not run: it would download CIFAR-10 and train for hours
+    "snakemake -n --cores all": ("run", "snakemake -n --cores all", "spectral_pruned"),
+    "python -m pipeline retrain --help": ("run", "python -m pipeline retrain --help", "--method"),
+    "make bench": ("test", "tests/test_benchmarks.py (benchmarks.run in its quick mode)"),
+    "make dvc-adopt": ("test", E2E),
+    "make dvc-smoke": ("test", E2E),
+    "dvc metrics show": ("test", E2E),
+    "python -m pipeline export_dvc --experiment paper > dvc.yaml":
+        ("run", "python -m pipeline export_dvc --experiment paper > dvc.yaml && grep -c cifar100 dvc.yaml",
+         ""),
+    "snakemake --report report.html --configfile configs/smoke.yaml": ("test", E2E),
+    "make dag": ("run", "make dag && grep -c '<svg' docs/dag.svg", "1"),
+}
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    running = text[text.index("\n## Running"):]
+    running = running[:running.index("\n## ", 1)]
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", running, re.S):
+        for line in block.splitlines():
+            cmd = re.sub(r"\s+#\s.*$", "", line).strip()
+            if cmd:
+                out.append(cmd)
+    return out
+
+
+def test_every_running_command_is_checked():
+    cmds = readme_commands()
+    assert len(cmds) >= 10, cmds
+    assert set(cmds) <= set(CHECKS), f"README commands with no check here: {sorted(set(cmds) - set(CHECKS))}"
+    for cmd, check in CHECKS.items():
+        if check[0] == "test":
+            assert (ROOT / check[1].split()[0]).is_file(), check
+
+
+RUNNABLE = [c for c, check in CHECKS.items() if check[0] == "run"]
+
+
+@pytest.mark.parametrize("cmd", RUNNABLE)
+def test_running_command_works(cmd, tmp_path):
+    if cmd in ("make dag",) and not shutil.which("dot"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but graphviz's dot is missing: .ci/run must install graphviz")
+        pytest.skip("graphviz's `dot` is not installed (apt-get install graphviz)")
+    assert cmd in readme_commands(), f"{cmd!r} is no longer in the README: drop it from CHECKS"
+    _, run, expect = CHECKS[cmd]
+    repo = project_copy(tmp_path / "repo")
+    if run.startswith("make "):
+        target, rest = run[len("make "):].split(" ", 1) if " " in run[5:] else (run[5:], "")
+        run = make(target, repo) + (" " + rest if rest else "")
+    r = subprocess.run(run, shell=True, cwd=repo, env=copy_env(repo), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{run}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    assert expect in r.stdout + r.stderr, f"{run}: {expect!r} not in output\n{r.stdout[-2000:]}"
