@@ -17,7 +17,7 @@ from pipeline.config import METHODS  # noqa: E402
 def test_every_method_has_its_own_colour_and_unknown_ones_a_fallback():
     named = ["dense", "pruned", *METHODS]
     assert len({colors.color(m) for m in named}) == len(named)
-    assert colors.color("lth_init") == colors.FALLBACK not in {colors.color(m) for m in named}
+    assert colors.color("a_new_method") == colors.FALLBACK not in {colors.color(m) for m in named}
 
 
 def _summary(sparsities, seeds=(0, 1)):
