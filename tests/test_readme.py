@@ -28,6 +28,7 @@ CHECKS = {
          "retrain "),          # planned, not run: it would download CIFAR-10 and train for hours
     "snakemake -n --cores all": ("run", "snakemake -n --cores all", "spectral_pruned"),
     "python -m pipeline retrain --help": ("run", "python -m pipeline retrain --help", "--method"),
+    "python -m pipeline plan": ("run", "python -m pipeline plan", "total:"),
     "make bench": ("test", "tests/test_benchmarks.py (benchmarks.run in its quick mode)"),
     "make dvc-adopt": ("test", E2E),
     "make dvc-smoke": ("test", E2E),
