@@ -117,10 +117,15 @@ class Run:
             # Artifacts beside a SQLite store (tests and users moving the store move them too).
             art = (self.lock.parent / "mlartifacts" / self.experiment).resolve().as_uri() \
                 if self.uri.startswith("sqlite:///") else None      # a server: its artifact root
-            exp_id = self.client.create_experiment(
-                self.experiment, artifact_location=art,
-                tags={"mlflow.note.content": DESCRIPTION.format(name=self.experiment, filter=COMPARE_FILTER),
-                      "mlflow.experimentKind": "custom_model_development"})   # the UI opens on "Model training"
+            try:
+                exp_id = self.client.create_experiment(
+                    self.experiment, artifact_location=art,
+                    tags={"mlflow.note.content": DESCRIPTION.format(name=self.experiment, filter=COMPARE_FILTER),
+                          "mlflow.experimentKind": "custom_model_development"})   # the UI opens on "Model training"
+            except Exception as e:  # noqa: BLE001 - on a tracking server (no lock) another job may create it first
+                if "RESOURCE_ALREADY_EXISTS" not in str(e):
+                    raise
+                exp_id = self.client.get_experiment_by_name(self.experiment).experiment_id
         else:
             exp_id = exp.experiment_id
         if run_id is not None and self._exists(run_id):
