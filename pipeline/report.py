@@ -51,7 +51,8 @@ def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                 rows.append({**key, "group": _group(key["method"]), "val_acc": m["val_acc"],
                              "test_acc": m["test_acc"], "test_agreement": m.get("test_agreement", 1.0),
                              "nonzero_weights": m["nonzero_weights"], "weights": m["weights"],
-                             "epochs": m["epochs"], "train_seconds": m["train_seconds"], "hardware": m["hardware"]})
+                             "epochs": m["epochs"], "rounds": m.get("rounds"), "train_seconds": m["train_seconds"],
+                             "hardware": m["hardware"]})
             sj = io.read_json(spectral, keys=("radii", "filter", "low_acc", "high_acc", "heatmap_seconds"))
             # the pruned topology's json also holds its controlled variants (signature.py): one row set each
             for k, v in [(key, sj)] + [(dict(key, method=n), v) for n, v in sj.get("variants", {}).items()]:
@@ -90,13 +91,16 @@ def main_table(summary: pd.DataFrame, ds: str, arch: str) -> str:
             for s in sparsities:
                 a = sub[sub.sparsity == s].test_acc
                 cells.append(_fmt(a.mean(), a.std(), len(a)) if len(a) else "-")
-            lines.append(f"| {group} | {m} | {int(sub.epochs.mean())} | {sub.train_seconds.mean():.0f} | "
+            lo, hi = int(sub.epochs.min()), int(sub.epochs.max())     # a chain's levels spend different epochs
+            lines.append(f"| {group} | {m} | {lo if lo == hi else f'{lo}-{hi}'} | {sub.train_seconds.mean():.0f} | "
                          + " | ".join(cells) + " |")
     n = df.groupby(["method", "sparsity"]).seed.nunique().max()
     lines.append("")
     lines.append(f"Test accuracy (%), mean ± sample std over {n} seed(s)" + (" (one seed: no spread)" if n < 2 else "")
                  + ". Epochs: retraining epochs spent per model (dense: training epochs). Train s: wall-clock "
                  f"training seconds per model (mean over seeds and sparsities) on {', '.join(sorted(df.hardware.unique()))}"
+                 ". imp, lth and lth_init run ONE chain per dense network through every sparsity: a level's "
+                 "epochs (and rounds, in summary.csv) are what the chain had spent when it reached that sparsity"
                  ". Equal budget means equal epochs and schedule, not equal compute: fourier_kd and "
                  "fourier_kd_reverse make two student passes per step (the filtered batch for the KL term, the "
                  "unfiltered batch for the cross-entropy) until the radius reaches the full band, then one.")
