@@ -3,9 +3,35 @@ the rounds of the iterative methods (their pruning targets), the epochs and the 
 every method, and the forward passes of a spectral job."""
 from __future__ import annotations
 
+import functools
 import math
+import os
 
-from .config import Config
+from .config import Config, resolve_path
+
+CIFAR_SIZES = (50_000, 10_000)      # torchvision's CIFAR-10 and CIFAR-100: training, test images
+
+
+@functools.lru_cache(maxsize=None)
+def _count_images(folder: str) -> int:
+    # Cached: the Snakefile asks once per job while it is parsed (config.check has checked the folder exists).
+    return sum(len(os.listdir(d)) for d in os.scandir(folder) if d.is_dir())
+
+
+def split_sizes(cfg: Config, dataset: str) -> tuple[int, int]:
+    """(training images per epoch, test images) of a dataset as `prepare` will split it: the optional subset
+    of the source's images, less the validation images held out of training."""
+    d = cfg.datasets[dataset]
+    if d.source == "synthetic":
+        full = (d.train_size, d.test_size)
+    elif d.source == "torchvision":
+        full = CIFAR_SIZES
+    else:
+        root = resolve_path(d.path)
+        full = (_count_images(str(root / "train")), _count_images(str(root / "test")))
+    train = min(d.train_size or full[0], full[0])
+    test = min(d.test_size or full[1], full[1])
+    return train - d.val_size, test
 
 
 def iterative_targets(sparsity: float, rounds: int) -> list[float]:

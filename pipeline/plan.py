@@ -14,34 +14,11 @@ validation passes, checkpoints and data preparation are left out (seconds per jo
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
-from .budget import heatmap_pairs, method_epochs, spectral_images, total_epochs  # noqa: F401 - tests use them
-from .config import Config, ROOT, resolve_path
-
-FULL_SIZES = {"cifar10": (50000, 10000), "cifar100": (50000, 10000)}   # torchvision train / test images
-
-
-def _count_images(folder: Path) -> int:
-    return sum(len(os.listdir(d)) for d in folder.iterdir() if d.is_dir())
-
-
-def split_sizes(cfg: Config, dataset: str) -> tuple[int, int]:
-    """(training images per epoch, test images) of a dataset as `prepare` will split it."""
-    d = cfg.datasets[dataset]
-    if d.source == "synthetic":
-        full = (d.train_size, d.test_size)
-    elif d.source == "torchvision":
-        full = FULL_SIZES[dataset]
-    else:
-        root = resolve_path(d.path)
-        full = (_count_images(root / "train"), _count_images(root / "test"))
-    train = min(d.train_size or full[0], full[0])
-    test = min(d.test_size or full[1], full[1])
-    return train - d.val_size, test
-
+from .budget import heatmap_pairs, method_epochs, spectral_images, split_sizes, total_epochs  # noqa: F401 - tests use them
+from .config import Config, ROOT
 
 def job_cost(cfg: Config, job: dict, sizes: dict) -> tuple[str, list[tuple[str, int]]]:
     """(row label, [(kind, images)]) of one planned job; kind is a step kind or "eval"."""

@@ -15,27 +15,18 @@ from __future__ import annotations
 
 import math
 
-from .budget import spectral_images, total_epochs
+from .budget import spectral_images, split_sizes, total_epochs
 from .config import Config
 
 COMPUTE = ("train_dense", "retrain", "chain", "spectral_dense", "spectral_pruned", "spectral")
 LIGHT = ("prepare", "prune", "report")
 REFERENCE_IMAGES = 50_000      # resources.minutes_per_epoch is the cost of one epoch over this many images
-TORCHVISION_TRAIN = 50_000     # CIFAR-10 and CIFAR-100 training sets
-TORCHVISION_TEST = 10_000
 FORWARD_PER_STEP = 3           # a forward pass costs about a third of a training step (forward + backward)
-
-
-def _images(cfg: Config, dataset: str) -> tuple[int, int]:
-    """(training images, test images) of a dataset; CIFAR sizes where the config does not say."""
-    d = cfg.datasets[dataset]
-    train = (d.train_size or TORCHVISION_TRAIN) - d.val_size
-    return train, d.test_size or TORCHVISION_TEST
 
 
 def _spectral_epochs(cfg: Config, dataset: str) -> float:
     """Forward passes of a spectral job (budget.spectral_images, with the teacher), in training epochs."""
-    train, test = _images(cfg, dataset)
+    train, test = split_sizes(cfg, dataset)
     return spectral_images(cfg, test, teacher=True) / FORWARD_PER_STEP / train
 
 
@@ -48,7 +39,7 @@ def minutes(cfg: Config, rule: str, wildcards: dict, attempt: int = 1) -> int:
     if rule not in COMPUTE:
         raise ValueError(f"no resources defined for rule {rule!r}")
     dataset, arch = wildcards["dataset"], wildcards["arch"]
-    train, _ = _images(cfg, dataset)
+    train, _ = split_sizes(cfg, dataset)
     if rule == "train_dense":
         epochs = float(cfg.train.epochs)
     elif rule in ("retrain", "chain"):

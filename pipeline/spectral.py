@@ -8,7 +8,6 @@ plain test accuracy, and high-pass is the empty image.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import torch
@@ -118,16 +117,3 @@ def evaluate(model, data: Data, rt: Runtime, spec, teacher=None, teacher_bp: dic
     out["heatmap_images"] = min(spec.heatmap_images, len(y))
     out["heatmap_eps"] = spec.heatmap_eps
     return out
-
-
-def paired_interval(a, b, level: float = 0.95) -> dict:
-    """Mean of a - b over paired seeds with a two-sided t interval; with one pair no interval exists."""
-    d = [x - z for x, z in zip(a, b)]
-    n = len(d)
-    mean = sum(d) / n if n else math.nan
-    if n < 2:
-        return {"n": n, "mean": mean, "low": math.nan, "high": math.nan}
-    from scipy import stats
-    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1))
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half}

@@ -1,7 +1,5 @@
-"""Spectral evaluation (pipeline/spectral.py): band-limited predictions, Fourier basis and heat map, intervals."""
+"""Spectral evaluation (pipeline/spectral.py): band-limited predictions, Fourier basis and heat map."""
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -181,29 +179,3 @@ def test_heatmap_puts_the_error_at_the_frequency_and_its_conjugate(i, j):
                 expected[a, b] = 1.0
     assert expected.sum() in (1, 2)                        # self-conjugate frequencies appear once
     assert torch.equal(h, expected)
-
-
-# --------------------------------------------------------------------------------- paired intervals
-
-
-def test_paired_interval_by_hand():
-    # d = a - b = [0.02, 0.01, 0.05]: mean 0.08/3; deviations [-2, -5, 7]/300 so sd = sqrt(78/2)/300;
-    # half width = t_{0.975, df=2} * sd / sqrt(3) = t * sqrt(13) / 300
-    out = S.paired_interval([0.9, 0.8, 0.85], [0.88, 0.79, 0.80])
-    t = 4.302652729911275
-    half = t * math.sqrt(13) / 300
-    assert out["n"] == 3
-    assert out["mean"] == pytest.approx(0.08 / 3, rel=1e-9)
-    assert out["low"] == pytest.approx(0.08 / 3 - half, rel=1e-9)
-    assert out["high"] == pytest.approx(0.08 / 3 + half, rel=1e-9)
-
-
-def test_paired_interval_with_one_pair_has_no_bounds():
-    out = S.paired_interval([0.9], [0.85])
-    assert out["n"] == 1 and out["mean"] == pytest.approx(0.05)
-    assert math.isnan(out["low"]) and math.isnan(out["high"])
-
-
-def test_paired_interval_with_no_pairs_is_nan():
-    out = S.paired_interval([], [])
-    assert out["n"] == 0 and math.isnan(out["mean"]) and math.isnan(out["low"])
