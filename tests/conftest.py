@@ -51,14 +51,15 @@ def run_stage(*args, env: dict, timeout: float = 600) -> subprocess.CompletedPro
 
 
 def project_copy(dest: Path) -> Path:
-    """A copy of the project's tracked sources at `dest` (no runs/, no MLflow store): commands that write files
-    (make, snakemake, dvc, export_dvc) run there, never in the checkout. Returns `dest`."""
+    """A copy of the project's tracked sources at `dest` (no runs/, no MLflow store, no git): commands that write
+    files (make, snakemake, dvc, export_dvc) run there, never in the checkout. Returns `dest`."""
     import shutil
     dest.mkdir(parents=True, exist_ok=True)
-    for f in ("Snakefile", "params.yaml", "dvc.yaml", "dvc.params.yaml", "Makefile", "pyproject.toml"):
+    for f in ("Snakefile", "params.yaml", "dvc.yaml", "dvc.params.yaml", "Makefile", "pyproject.toml", ".gitignore",
+              ".dvcignore"):
         shutil.copy(ROOT / f, dest / f)
-    for d in ("pipeline", "configs", "docs", "benchmarks"):
-        shutil.copytree(ROOT / d, dest / d, ignore=shutil.ignore_patterns("__pycache__"))
+    for d in ("pipeline", "configs", "docs", "benchmarks", ".dvc"):
+        shutil.copytree(ROOT / d, dest / d, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp", "config.local"))
     return dest
 
 

@@ -129,10 +129,14 @@ def test_snakemake_rerun_does_nothing(smoke):
 
 def test_dvc_adopts_the_run_and_reruns_only_what_changed(smoke):
     repo, env, _ = smoke
-    sh("dvc init --no-scm -q", repo, env)                  # the copy has no git; the project commits .dvc/
+    # A git checkout, as a user's clone is, with the project's .gitignore and .dvc/: DVC refuses to write a
+    # dvc.lock that git ignores (the copy alone, without git, would hide that).
+    sh("git init -q && git add -A && git -c user.name=e2e -c user.email=e2e@localhost commit -qm copy", repo, env)
     sh(make("dvc-adopt", repo), repo, env)                 # DVC takes Snakemake's outputs, computing nothing
     r = sh(make("dvc-smoke", repo), repo, env)
     assert "Running stage" not in r.stdout, r.stdout[-2000:]
+    # DVC's record of this run stays out of git (untracked, not ignored); no tracked file changed
+    assert sh("git status --porcelain", repo, env).stdout.split("\n")[:-1] == ["?? dvc.lock"]
     assert sh("dvc metrics show", repo, env).stdout.strip()
     sh("dvc plots show -o dvc_plots", repo, env)
     assert (repo / "dvc_plots" / "index.html").exists()
