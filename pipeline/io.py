@@ -59,7 +59,8 @@ def _feed(h, obj) -> None:
     if isinstance(obj, torch.Tensor):
         t = obj.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"T{t.dtype}{tuple(obj.shape)}:".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # the array's buffer itself, not a bytes copy of it (a prepared CIFAR file would double its peak)
+        h.update(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b"")
     elif isinstance(obj, dict):
         h.update(f"D{len(obj)}:".encode())
         for k in sorted(obj, key=repr):
