@@ -44,7 +44,12 @@ def test_results_go_into_the_results_section(tmp_path):
 def test_gpu_check_runs_on_the_cpu_and_feeds_plan(tmp_path, env):
     """The device check script (torch + the pipeline's core only) runs here with tiny sizes; its JSON is what
     `python -m pipeline plan` prices the grid with."""
-    p = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+    # As on the GPU image: no MLflow, Snakemake or DVC (an import of any of them fails)
+    bare = ("import sys, runpy\n"
+            "for m in ('mlflow', 'snakemake', 'dvc'): sys.modules[m] = None\n"
+            "sys.argv[0] = 'gpu_check'\n"
+            "runpy.run_module('benchmarks.gpu_check', run_name='__main__', alter_sys=True)")
+    p = subprocess.run([sys.executable, "-c", bare, "--quick", "--out", str(tmp_path)], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     for kind in ("dense", "masked", "kd", "fourier_kd", "eval"):
@@ -58,3 +63,18 @@ def test_gpu_check_runs_on_the_cpu_and_feeds_plan(tmp_path, env):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "INCOMPLETE" not in p.stdout and "total:" in p.stdout
+
+
+def test_ab_compares_with_a_git_revision(env):
+    """benchmarks/ab.py imports a revision's pipeline/ beside this one (here HEAD against itself: a row per
+    step kind, both sides measured); a revision that does not exist is refused before any compute."""
+    p = subprocess.run([sys.executable, "-m", "benchmarks.ab", "--base", "HEAD", "--quick", "--reps", "1",
+                        "--kinds", "dense,fourier_kd"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for kind in ("dense", "fourier_kd"):
+        row = next(ln for ln in p.stdout.splitlines() if ln.startswith(f"| {kind} step: this checkout / HEAD |"))
+        assert float(row.split("|")[2]) > 0 and "new " in row and "base " in row
+    p = subprocess.run([sys.executable, "-m", "benchmarks.ab", "--base", "no-such-revision"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "--base no-such-revision" in p.stderr and "[bench" not in p.stderr
