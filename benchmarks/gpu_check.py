@@ -169,9 +169,10 @@ def eval_img_s(setup: Setup, images: int) -> float:
     return images * 2 * (len(spec.radii) + 1) / (time.perf_counter() - t0)
 
 
-def concurrent_img_s(arch: str, width: float, batch: int, steps: int, k: int) -> float:
+def concurrent_img_s(arch: str, width: float, batch: int, steps: int, k: int, graphs: bool) -> float:
     """Total img/s of k processes each training masked epochs on the same device at once."""
-    cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--child", arch, str(width), str(batch), str(steps)]
+    cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--child", arch, str(width), str(batch), str(steps),
+           str(int(graphs))]
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(k)]
     outs = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
     # Overlap: total images over the span from the first start to the last end of the timed epochs.
@@ -179,8 +180,9 @@ def concurrent_img_s(arch: str, width: float, batch: int, steps: int, k: int) ->
     return sum(o["images"] for o in outs) / (end - start)
 
 
-def child(arch: str, width: float, batch: int, steps: int) -> dict:
+def child(arch: str, width: float, batch: int, steps: int, graphs: bool) -> dict:
     rt = replace(T.runtime(C.load()), compile=False)
+    rt = replace(rt, graphs=rt.graphs and graphs)
     setup = Setup(arch, width, rt)
     data = T.Data(fake_blob(steps * batch, batch, batch, seed=6), rt.device)
     _, run = setup.epoch("masked", batch, rt)
@@ -201,11 +203,11 @@ def main(argv=None) -> int:
                                                  "CUDA, resnet20 elsewhere)")
     p.add_argument("--steps", type=int, default=None, help="steps per timed epoch (default 351 = a CIFAR-10 epoch)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON")
-    p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
-        arch, width, batch, steps = a.child
-        print(json.dumps(child(arch, float(width), int(batch), int(steps))))
+        arch, width, batch, steps, graphs = a.child
+        print(json.dumps(child(arch, float(width), int(batch), int(steps), graphs == "1")))
         return 0
     cfg = C.load()
     rt = replace(T.runtime(cfg), compile=False)
@@ -224,20 +226,33 @@ def main(argv=None) -> int:
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "torch": torch.__version__, "batch": batch, "width": width, "steps_per_epoch": steps,
               "cuda_graphs": rt.graphs, "quick": a.quick, "img_per_s": {}, "reference_img_per_s": {},
-              "capture_check": {}, "concurrent_img_per_s": {}}
-    for arch in archs:
-        setup = Setup(arch, width, rt)
-        if cuda and arch == archs[0]:
-            result["capture_check"] = capture_check(setup, batch, 20)
-        rates = suite_img_s(setup, batch, steps)
-        rates["eval"] = eval_img_s(setup, 64 if a.quick else 2000)
-        result["img_per_s"][arch] = rates
-        result["reference_img_per_s"][arch] = plain_img_s(setup, batch, steps)
-        log(f"reference {arch}: {result['reference_img_per_s'][arch]:,.0f} img/s")
-    if cuda:
-        for k in (1, 2, 4):
-            result["concurrent_img_per_s"][str(k)] = concurrent_img_s(archs[0], width, batch, steps, k)
-            log(f"{k} processes at once: {result['concurrent_img_per_s'][str(k)]:,.0f} img/s in total")
+              "capture_check": {}, "concurrent_img_per_s": {}, "errors": []}
+    # A session may get one GPU run: whatever fails, what was measured before it is still written (and the
+    # exit status is 1). A capture that fails or disagrees with eager leaves the eager rows to measure.
+    try:
+        for arch in archs:
+            if cuda and arch == archs[0]:
+                try:
+                    result["capture_check"] = capture_check(Setup(arch, width, rt), batch, 20)
+                except Exception as e:  # noqa: BLE001 - reported in the output, then measured eagerly
+                    result["errors"].append(f"capture check: {type(e).__name__}: {str(e)[:300]}")
+                if result["errors"] or not all(c["ok"] for c in result["capture_check"].values()):
+                    rt = replace(rt, graphs=False)
+                    result["cuda_graphs"] = False
+                    log("the captured step failed or disagreed with eager: measuring the eager step")
+            setup = Setup(arch, width, rt)
+            rates = suite_img_s(setup, batch, steps)
+            rates["eval"] = eval_img_s(setup, 64 if a.quick else 2000)
+            result["img_per_s"][arch] = rates
+            result["reference_img_per_s"][arch] = plain_img_s(setup, batch, steps)
+            log(f"reference {arch}: {result['reference_img_per_s'][arch]:,.0f} img/s")
+        if cuda:
+            for k in (1, 2, 4):
+                result["concurrent_img_per_s"][str(k)] = concurrent_img_s(archs[0], width, batch, steps, k, rt.graphs)
+                log(f"{k} processes at once: {result['concurrent_img_per_s'][str(k)]:,.0f} img/s in total")
+    except Exception as e:  # noqa: BLE001 - the partial result is written below
+        result["errors"].append(f"{type(e).__name__}: {str(e)[:300]}")
+        log(f"stopped early: {result['errors'][-1]}")
     print(report(result, head))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +260,7 @@ def main(argv=None) -> int:
     path = out / f"throughput-{slug}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     log(f"written to {path}")
-    ok = all(c["ok"] for c in result["capture_check"].values())
+    ok = all(c["ok"] for c in result["capture_check"].values()) and not result["errors"]
     return 0 if ok else 1
 
 
@@ -266,6 +281,8 @@ def report(r: dict, head: list[str]) -> str:
                          f"| {'ok' if c['ok'] else 'MISS'} |")
     else:
         lines.append("\ncaptured vs eager: skipped (no CUDA device)")
+    for e in r.get("errors", []):
+        lines.append(f"\nERROR: {e}")
     if r["concurrent_img_per_s"]:
         lines += ["", "processes sharing the device: " + ", ".join(
             f"K={k}: {v:,.0f} img/s in total" for k, v in r["concurrent_img_per_s"].items())]

@@ -77,6 +77,8 @@ def plan(cfg: Config, experiment: str | None, throughput: dict | None) -> str:
         "no throughput file: run benchmarks/gpu_check.py on the device, then pass --throughput"
     lines = [f"experiment {cfg.name}: {sum(r['jobs'] for r in rows.values())} jobs; device-hours {src}", "",
              f"{'jobs of':<20}{'jobs':>7}{'epochs':>9}{'images (M)':>13}{'device-hours':>14}  note"]
+    if throughput and throughput.get("errors"):     # the device check stopped early or fell back to eager
+        lines[1:1] = ["", "the measurement reports errors: " + "; ".join(throughput["errors"])]
     total, missing = 0.0, set()
     for label, r in sorted(rows.items(), key=lambda kv: -kv[1]["images"]):
         if not r["images"]:

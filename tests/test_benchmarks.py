@@ -78,3 +78,29 @@ def test_ab_compares_with_a_git_revision(env):
     p = subprocess.run([sys.executable, "-m", "benchmarks.ab", "--base", "no-such-revision"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "--base no-such-revision" in p.stderr and "[bench" not in p.stderr
+
+
+def test_gpu_check_writes_what_it_measured_when_a_later_row_fails(tmp_path, monkeypatch):
+    """One GPU run may be all a session gets: a failure part-way keeps the rows measured before it (JSON and
+    table, the error named in both) and exits 1."""
+    import torch
+
+    from benchmarks import gpu_check as G
+    measured = G.suite_img_s
+
+    def fails_for_resnet56(setup, batch, steps):
+        if setup.arch == "resnet56":
+            raise RuntimeError("simulated failure")
+        return measured(setup, batch, steps)
+    monkeypatch.setattr(G, "suite_img_s", fails_for_resnet56)
+    threads = torch.get_num_threads()
+    try:
+        rc = G.main(["--quick", "--archs", "resnet20,resnet56", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 1
+    (path,) = tmp_path.glob("throughput-*.json")
+    r = json.loads(path.read_text())
+    assert set(r["img_per_s"]) == {"resnet20"} and r["errors"] == ["RuntimeError: simulated failure"]
+    from pipeline import config as C, plan as P
+    assert "the measurement reports errors: RuntimeError: simulated failure" in P.plan(C.load("smoke"), "smoke", r)
