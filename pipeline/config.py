@@ -237,12 +237,17 @@ def experiment_path(experiment: str | None) -> Path | None:
     return p if p.suffix in (".yaml", ".yml") else ROOT / "configs" / f"{experiment}.yaml"
 
 
-def load(experiment: str | None = None, params: str | Path = ROOT / "params.yaml") -> Config:
+def merged_raw(experiment: str | None = None, params: str | Path = ROOT / "params.yaml") -> dict:
+    """params.yaml with the experiment's file merged over it, unchecked (what `load` validates; what dvc.yaml's
+    params read)."""
     raw = read_yaml(params)
+    p = experiment_path(experiment)
+    return raw if p is None else merge(raw, read_yaml(p))
+
+
+def load(experiment: str | None = None, params: str | Path = ROOT / "params.yaml") -> Config:
+    cfg = validate(merged_raw(experiment, params))
     if (p := experiment_path(experiment)) is not None:
-        raw = merge(raw, read_yaml(p))
-    cfg = validate(raw)
-    if p is not None:
         _check_name(cfg, p)
     return cfg
 

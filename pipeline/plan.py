@@ -20,6 +20,7 @@ from pathlib import Path
 from .budget import heatmap_pairs, method_epochs, spectral_images, split_sizes, total_epochs  # noqa: F401 - tests use them
 from .config import Config, ROOT
 
+
 def job_cost(cfg: Config, job: dict, sizes: dict) -> tuple[str, list[tuple[str, int]]]:
     """(row label, [(kind, images)]) of one planned job; kind is a step kind or "eval"."""
     w, rule = job["wildcards"], job["rule"]
