@@ -15,7 +15,6 @@ classes. Ratio = this checkout / REV, per step; the target is <= 1.05.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
 import subprocess
 import sys
@@ -29,7 +28,8 @@ import torch
 from pipeline import masks as M, models
 from pipeline.config import ROOT
 
-from .common import FULL, KD_ALPHA, KD_T, QUICK, RADIUS, SPARSITY, Row, fake_blob, interleaved, log, machine, table
+from .common import (FULL, KD_ALPHA, KD_T, QUICK, RADIUS, SPARSITY, Row, fake_blob, interleaved, log, machine,
+                     suite_epoch, table)
 
 KINDS = ("dense", "masked", "kd", "fourier_kd")
 
@@ -48,21 +48,14 @@ def import_revision(rev: str, dest: Path):
 
 
 def side(T, methods, kind: str, net, mask, teacher, blob, batch: int):
-    """One version's epoch of `kind` as a callable (its own Data, Runtime, Recipe and loss)."""
+    """One version's epoch of `kind` as a callable (its own Data, Runtime, Recipe, loss and training loop)."""
     rt = T.Runtime(torch.device("cpu"), False, False, False)
-    data = T.Data(blob, rt.device)
-    model = copy.deepcopy(net)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    masks = None if kind == "dense" else mask
-    weights = None if masks is None else T._weights(model, masks)
-    if weights is not None:
-        M.apply(weights, masks)
     loss = {"dense": T.cross_entropy, "masked": T.cross_entropy,
             "kd": methods.kd_loss(teacher, KD_T, KD_ALPHA),
             "fourier_kd": methods.kd_loss(teacher, KD_T, KD_ALPHA, radius_fn=lambda e: RADIUS)}[kind]
-    recipe = T.Recipe([], loss=loss, batch_size=batch)
-    g = torch.Generator().manual_seed(0)
-    return lambda: T._epoch(model, model, opt, recipe, data, rt, g, 0, weights, masks)
+    _, run = suite_epoch(T, net, None if kind == "dense" else mask, loss, batch, rt)
+    data, g = T.Data(blob, rt.device), torch.Generator().manual_seed(0)
+    return lambda: run(data, g)
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,7 @@ bare GPU image.
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import math
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import io
+from pipeline import io, masks as M
 from pipeline.config import ROOT
 
 CIFAR_TRAIN, CIFAR_VAL, CIFAR_TEST = 45_000, 5_000, 10_000   # the suite's CIFAR-10 split (val_size 5000)
@@ -111,6 +112,22 @@ def interleaved(fns: dict, reps: int, device: torch.device) -> dict:
             sync(device)
             times[k].append(CLOCK() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def suite_epoch(T, net, masks: dict | None, loss, batch: int, rt):
+    """A copy of `net` on the device with its SGD (and `masks` applied), trained by the suite's own loop,
+    `T._epoch`, as `train.run` calls it. Returns (model, run(data, g) -> one epoch's metrics). `T` is the train
+    module: benchmarks/ab.py passes another revision's."""
+    model = T.to_device(copy.deepcopy(net), rt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    weights = None if masks is None else T._weights(model, masks)
+    if weights is not None:
+        M.apply(weights, masks)
+    recipe = T.Recipe([], loss=loss, batch_size=batch)
+
+    def run(data, g: torch.Generator):
+        return T._epoch(model, model, opt, recipe, data, rt, g, 0, weights, masks)
+    return model, run
 
 
 def fake_blob(n: int, val: int, test: int, classes: int = 10, seed: int = 0) -> dict:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pipeline import config as C, masks as M, methods as MT, models, spectral as SP, train as T
 from pipeline.config import ROOT
 
-from .common import KD_ALPHA, KD_T, RADIUS, SPARSITY, fake_blob, machine, sync
+from .common import KD_ALPHA, KD_T, RADIUS, SPARSITY, fake_blob, machine, suite_epoch, sync
 
 KINDS = ("dense", "masked", "kd", "fourier_kd")
 # issue 9's targets on an H100, resnet20, batch 128 (img/s of the suite's step)
@@ -63,18 +63,8 @@ class Setup:
 
     def epoch(self, kind: str, batch: int, rt: T.Runtime):
         """A fresh model and optimizer; returns (model, run(data, seed) -> metrics of one suite epoch)."""
-        model = T.to_device(copy.deepcopy(self.base), rt)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        masks = None if kind == "dense" else self.masks
-        weights = None if masks is None else T._weights(model, masks)
-        if weights is not None:
-            M.apply(weights, masks)
-        recipe = T.Recipe([], loss=self.loss[kind], batch_size=batch)
-
-        def run(data, seed=0):
-            return T._epoch(model, model, opt, recipe, data, rt, torch.Generator().manual_seed(seed), 0, weights,
-                            masks)
-        return model, run
+        model, epoch = suite_epoch(T, self.base, None if kind == "dense" else self.masks, self.loss[kind], batch, rt)
+        return model, lambda data, seed=0: epoch(data, torch.Generator().manual_seed(seed))
 
 
 def capture_check(setup: Setup, batch: int, steps: int) -> dict:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from pipeline import frequency as fq, masks as M, models, train as T
 
-from .common import KD_ALPHA, KD_T, RADIUS, SPARSITY, Sizes, fake_blob, interleaved
+from .common import KD_ALPHA, KD_T, RADIUS, SPARSITY, Sizes, fake_blob, interleaved, suite_epoch
 
 
 # --------------------------------------------------------------------------------- the training steps
@@ -40,19 +40,9 @@ class Bench:
 
     # -- the suite: train._epoch, exactly as train.run calls it (one "epoch" = the timed steps)
     def suite(self, loss=T.cross_entropy, masked=False, rt: T.Runtime | None = None, data=None):
-        rt = rt or self.rt
-        model = T.to_device(copy.deepcopy(self.base), rt)
-        opt = self.opt(model)
-        masks = self.masks if masked else None
-        weights = None if masks is None else T._weights(model, masks)
-        if weights is not None:
-            M.apply(weights, masks)
-        recipe = T.Recipe([], loss=loss, batch_size=self.B)
+        _, run = suite_epoch(T, self.base, self.masks if masked else None, loss, self.B, rt or self.rt)
         g = torch.Generator().manual_seed(0)
-
-        def go(d):
-            return lambda: T._epoch(model, model, opt, recipe, d, rt, g, 0, weights, masks)
-        return go(self.warm), go(data or self.data)
+        return lambda: run(self.warm, g), lambda: run(data or self.data, g)
 
     # -- the bare loop: float data in memory, flip + crop, SGD, no bookkeeping
     def bare(self, mode="ce", masked=False):
