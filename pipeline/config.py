@@ -455,6 +455,10 @@ def _check(c: Config) -> None:
           "positive (percentage points)")
     _need(0 <= c.report.chance_margin < 100, "report.chance_margin", c.report.chance_margin,
           "in [0, 100) (percentage points above chance)")
+    if c.report.dir is not None:            # publish.check_target also refuses folders of tracked files, at run time
+        d = resolve_path(c.report.dir).resolve()
+        _need(not ROOT.resolve().is_relative_to(d) and d != (ROOT / "runs").resolve(), "report.dir", c.report.dir,
+              "a folder of its own for the report (not the project root, a folder above it, or runs/ itself)")
     r = c.runtime
     _need(r.device in ("auto", "cpu", "cuda"), "runtime.device", r.device, "auto, cpu or cuda")
     _need(r.amp in ("auto", "bf16", "off"), "runtime.amp", r.amp, "auto, bf16 or off")

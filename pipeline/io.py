@@ -13,7 +13,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -168,48 +167,3 @@ def exclusive(path):
             f.seek(0)
             f.truncate()
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-class Staged:
-    """A set of files built in a temporary folder inside `target` and published whole: `with Staged(t) as
-    s:` write into s.folder; on success every entry (file or folder) replaces its namesake in `target`; on an
-    exception nothing in `target` changes. Publishing follows a manifest written once everything is built,
-    so a publish interrupted by a kill is completed by the next Staged on the same target (and a build
-    interrupted by a kill is discarded)."""
-
-    PREFIX, MANIFEST = ".staged-", "MANIFEST"
-
-    def __init__(self, target):
-        self.target = Path(target)
-        self.target.mkdir(parents=True, exist_ok=True)
-        for old in sorted(self.target.glob(self.PREFIX + "*")):
-            if (old / self.MANIFEST).is_file():
-                self._publish(old)
-            else:
-                shutil.rmtree(old, ignore_errors=True)
-        self.folder = Path(tempfile.mkdtemp(dir=self.target, prefix=self.PREFIX))
-
-    def __enter__(self):
-        return self.folder
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            names = sorted(p.name for p in self.folder.iterdir())
-            write_json(self.folder / self.MANIFEST, names)
-            self._publish(self.folder)
-        else:
-            shutil.rmtree(self.folder, ignore_errors=True)
-        return False
-
-    def _publish(self, folder: Path) -> None:
-        for name in read_json(folder / self.MANIFEST, keys=None):
-            new, dst = folder / name, self.target / name
-            if not new.exists():
-                continue                                  # published before an interruption
-            if new.is_dir():
-                if dst.exists():                          # a folder cannot replace a folder in one rename
-                    os.rename(dst, folder / f".old-{name}")
-                os.rename(new, dst)
-            else:
-                os.replace(new, dst)
-        shutil.rmtree(folder, ignore_errors=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import figures, io, verdicts
+from . import figures, io, publish, verdicts
 from .config import ROOT, Config, resolve_path
 from .methods import ONE_SHOT
 from .spectral import FULL
@@ -216,13 +216,14 @@ def signature(spec: pd.DataFrame, ds, arch, radii: list[float]) -> tuple[str, di
 
 
 def report(cfg: Config) -> None:
-    """Written into a temporary folder and published whole (io.Staged): a report that fails part-way leaves
-    the previous one as it was, never a mix of old and new files."""
-    staged = io.Staged(resolve_path(cfg.report.dir))
+    """Written into a temporary folder and published whole (publish.Staged: report.dir is checked first, and
+    only our own files in it are replaced or removed): a report that fails part-way leaves the previous one as
+    it was, never a mix of old and new files. The MLflow run is FINISHED only after the files are in place."""
+    staged = publish.Staged(resolve_path(cfg.report.dir))
     out = staged.folder
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    with staged, Run(cfg, "report", {}, cfg.section("report", "grid")) as run:
+    with Run(cfg, "report", {}, cfg.section("report", "grid")) as run, staged:
         summary, spec = collect(cfg)
         summary = summary.sort_values(["dataset", "arch", "sparsity", "method", "seed"])
         io.write_text(out / "summary.csv", summary.to_csv(index=False))

@@ -182,8 +182,8 @@ def test_publish_then_clean(smoke):
     repo, env, _ = smoke
     sh(make("publish EXPERIMENT=smoke", repo), repo, env)
     out = repo / "results" / "smoke"
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "figures", "metrics.json", "spectral.csv",
-                                                      "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".fourier-mbp-report.json", "README.md", "figures",
+                                                      "metrics.json", "spectral.csv", "summary.csv"]
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
         p.name for p in (repo / "runs/smoke/report/figures").glob("*.png"))
     sh(make("clean-smoke", repo), repo, env)

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline import config as C, io, models, report as R, stages, train as T
+from pipeline import config as C, io, models, publish, report as R, stages, train as T
 from pipeline.__main__ import main
 from pipeline.config import ROOT, read_yaml
 from pipeline.errors import Busy, CorruptFile, Diverged
@@ -256,7 +256,7 @@ def test_outputs_honour_the_umask(umask, mode, tmp_path):
     try:
         io.write_json(tmp_path / "a.json", {"x": 1})
         io.save({"kind": "mask", "masks": {}}, tmp_path / "b.pt")
-        with io.Staged(tmp_path / "report") as folder:
+        with publish.Staged(tmp_path / "report") as folder:
             (folder / "figures").mkdir()
             io.write_text(folder / "figures" / "c.txt", "c")
     finally:
@@ -345,27 +345,6 @@ def test_a_report_that_fails_part_way_leaves_the_previous_one_whole(reported, tm
     after = {p: p.read_bytes() for p in sorted((tmp_path / "results").rglob("*")) if p.is_file()}
     assert after == before, "the failed report changed the published one"
     assert not list((tmp_path / "results").glob(".staged-*"))
-
-
-def test_a_publish_interrupted_by_a_kill_is_completed_by_the_next_report(tmp_path):
-    target = tmp_path / "results"
-    with io.Staged(target) as folder:
-        io.write_text(folder / "a.txt", "old a")
-        (folder / "figures").mkdir()
-        io.write_text(folder / "figures" / "old.png", "old")
-    # A publish killed after moving a.txt: its manifest written, figures/ not moved yet.
-    stale = target / ".staged-killed"
-    (stale / "figures").mkdir(parents=True)
-    io.write_text(stale / "figures" / "new.png", "new")
-    io.write_json(stale / "MANIFEST", ["a.txt", "figures"])
-    io.write_text(target / "a.txt", "new a")
-    half = target / ".staged-half-built"                      # killed while building: no manifest
-    half.mkdir()
-    io.write_text(half / "a.txt", "half")
-    io.Staged(target).__exit__(RuntimeError, RuntimeError("x"), None)   # the next report, failing at once
-    assert (target / "a.txt").read_text() == "new a"
-    assert sorted(p.name for p in (target / "figures").iterdir()) == ["new.png"]
-    assert not list(target.glob(".staged-*"))
 
 
 @pytest.mark.parametrize("content,expect", [
