@@ -68,7 +68,7 @@ STEP = {"dense": "dense", "finetune": "masked", "finetune_layerwise": "masked", 
 
 
 def method_epochs(cfg: Config, method: str, levels: list[float] | None = None) -> list[tuple[str, int]]:
-    """[(step kind, epochs)] that one retraining job of `method` runs (what methods.py's recipes run); for
+    """[(step kind, epochs)] that one retraining job of `method` runs (what pipeline/methods/' recipes run); for
     the iterative methods, the chain through `levels` (default: one target, the per-target schedule)."""
     c = cfg
     one_shot = c.retrain.epochs

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from . import data as D, io, masks as M, methods as MT, models, train as T
 from .config import CHAIN_METHODS, METHOD_PARAMS, Config, ConfigError, digest
-from .stages import (_checkpoint, _dense_key, _finish, _identity, _resumed_run_id, _train, check_job,
-                     load_model)
+from .jobs import (check_job, checkpoint, dense_key, finish, identity, load_model, load_snapshots, resumed_run_id,
+                   run_training)
 from .tracking import Run
 
 
@@ -35,23 +35,19 @@ def chain(cfg: Config, dataset: str, arch: str, seed: int, method: str, data: st
     levels = sorted(cfg.grid.sparsities)
     rt = T.runtime(cfg)
     blob = D.load(Path(data))
-    made = {**_identity(arch, len(blob["classes"]), cfg), "job": _dense_key(cfg, dataset, arch, seed, blob["sha256"])}
+    made = {**identity(arch, len(blob["classes"]), cfg), "job": dense_key(cfg, dataset, arch, seed, blob["sha256"])}
     teacher, _ = load_model(dense, expect=made)
-    snaps = io.load(snapshots, "snapshots", keys=("snapshots",), expect=made)["snapshots"]
-    k = MT.rewind_epoch(cfg, method)
-    if k is not None and k not in snaps:
-        raise io.CorruptFile(f"{snapshots}: no weights saved at epoch {k} (the rewind epoch of {method}); "
-                             f"add it to train.save_epochs and rerun train_dense")
+    snaps = load_snapshots(cfg, snapshots, method, made)
     params = {**cfg.section(*METHOD_PARAMS[method]), "levels": levels}
     key = digest({"stage": "chain", "dataset": dataset, "arch": arch, "seed": seed, "method": method,
                   "data": blob["sha256"], "dense": io.sha256(dense), **params})
     tags = {"dataset": dataset, "arch": arch, "seed": seed, "method": method, "data_sha256": blob["sha256"]}
-    with io.exclusive(_checkpoint(cfg, "chain", key)), \
-            Run(cfg, "chain", tags, params, _resumed_run_id(cfg, "chain", key)) as run:
+    with io.exclusive(checkpoint(cfg, "chain", key)), \
+            Run(cfg, "chain", tags, params, resumed_run_id(cfg, "chain", key)) as run:
         dd = T.Data(blob, rt.device)
         ctx = MT.Context(cfg, levels[-1], seed, dict(teacher.state_dict()), {}, snaps, levels=levels)
         net = models.build(arch, dd.classes, cfg.model.width, seed)
-        res, ckpt, _ = _train(cfg, "chain", MT.METHODS[method](ctx), net, dd, rt, seed, key, run,
+        res, ckpt, _ = run_training(cfg, "chain", MT.METHODS[method](ctx), net, dd, rt, seed, key, run,
                               f"{dataset}/{arch} seed{seed} {method}")
         teacher = T.to_device(teacher, rt).eval()
         for s in levels:                       # each level: a model, its metrics and its MLflow run
@@ -60,7 +56,7 @@ def chain(cfg: Config, dataset: str, arch: str, seed: int, method: str, data: st
             st = M.stats(lv["masks"])
             level = {"model": net, "masks": lv["masks"], "epochs": lv["epochs"], "history": []}
             with Run(cfg, "retrain", {**tags, "sparsity": s}, {**params, "chain_run": run.run_id}) as lrun:
-                _finish(cfg, lrun, level, dd, rt, level_dir(out_dir, s, method) / "model.pt", arch,
+                finish(cfg, lrun, level, dd, rt, level_dir(out_dir, s, method) / "model.pt", arch,
                         ckpt if s == levels[-1] else None, lv["seconds"], key, agreement_with=teacher,
                         extra_metrics={"sparsity": st["sparsity"], "nonzero": st["kept"], "prunable": st["total"],
                                        "rounds": lv["rounds"], "chain_levels": len(levels)})

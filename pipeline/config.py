@@ -17,27 +17,13 @@ from pathlib import Path
 
 import yaml
 
+# The methods, the config sections each reads and which ones chain: pipeline/catalog.py (torch-free, as here).
+from .catalog import CHAIN_METHODS, METHOD_PARAMS, METHODS  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 ARCHS = ("resnet20", "resnet56", "vgg16_bn")
 SOURCES = ("torchvision", "imagefolder", "synthetic")
 TORCHVISION_DATASETS = ("cifar10", "cifar100")
-METHODS = ("finetune", "finetune_layerwise", "random", "kd", "fourier_kd", "fourier_kd_reverse", "freq_ce",
-           "imp", "lth", "lth_init", "lr_rewind", "gmp")
-# The config sections each retraining method reads (its rule's params: Snakemake and DVC rerun a method only
-# when one of these changed). Here, not in methods.py, so that parsing the Snakefile never imports torch.
-# Exact keys where a method reads only part of a section: kd has no radius, freq_ce has no teacher (no T, alpha).
-_COMMON = ("retrain", "train", "model", "prune", "runtime")
-_CURRICULUM = ("distill.radius_start", "distill.full_band_at", "distill.schedule", "distill.steps", "distill.filter")
-METHOD_PARAMS = {
-    "finetune": _COMMON, "finetune_layerwise": _COMMON, "random": _COMMON,
-    "kd": _COMMON + ("distill.T", "distill.alpha"), "fourier_kd": _COMMON + ("distill",),
-    "fourier_kd_reverse": _COMMON + ("distill",), "freq_ce": _COMMON + _CURRICULUM,
-    "imp": _COMMON + ("imp",), "lth": _COMMON + ("lth",), "lth_init": _COMMON + ("lth.rounds",),
-    "lr_rewind": _COMMON, "gmp": _COMMON + ("gmp",),
-}
-assert set(METHOD_PARAMS) == set(METHODS)
-# The iterative methods: one chain per dense network passes every sparsity of the grid (pipeline/chains.py).
-CHAIN_METHODS = ("imp", "lth", "lth_init")
 SCHEDULES = ("linear", "step", "cosine")
 FILTERS = ("circle", "square")
 

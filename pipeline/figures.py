@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .colors import color  # noqa: E402
-from .methods import ONE_SHOT  # noqa: E402
+from .catalog import EQUAL_BUDGET  # noqa: E402
 from .spectral import FULL  # noqa: E402
 
 HEATMAP_METHODS = ("dense", "pruned", "finetune", "kd", "fourier_kd")
@@ -45,7 +45,7 @@ def sparsity(summary, ds, arch, path):
         for m in methods:
             g = df[df.method == m].groupby("sparsity").test_acc
             ax.errorbar(g.mean().index, 100 * g.mean(), yerr=100 * g.std().fillna(0), marker="o", capsize=3,
-                        label=m, color=color(m), linestyle="-" if m in ONE_SHOT else "--")
+                        label=m, color=color(m), linestyle="-" if m in EQUAL_BUDGET else "--")
         ax.axhline(100 * dense.mean(), color=color("dense"), lw=1, label="dense")
         ax.set(xlabel="sparsity", ylabel="test accuracy (%)", title=f"{ds} / {arch}: accuracy vs sparsity")
         ax.legend(fontsize=7, ncol=2)

@@ -14,7 +14,7 @@ import torch
 
 from . import figures, io, publish, verdicts
 from .config import ROOT, Config, resolve_path
-from .methods import ONE_SHOT
+from .catalog import EQUAL_BUDGET
 from .spectral import FULL
 from .tracking import Run, git_commit
 
@@ -67,7 +67,7 @@ def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _group(method: str) -> str:
     if method == "dense":
         return "dense"
-    return "one-shot (equal budget)" if method in ONE_SHOT else "extra cost"
+    return "one-shot (equal budget)" if method in EQUAL_BUDGET else "extra cost"
 
 
 def _fmt(mean, std, n) -> str:

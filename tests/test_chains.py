@@ -71,7 +71,7 @@ def test_a_killed_chain_resumes_with_its_levels(data, tmp_path):  # noqa: F811
     """Killed in round 2 (after level 0.5 was checkpointed): the resumed chain gives the same levels."""
     ctx = dataclasses.replace(context(dataclasses.replace(CFG, imp=dataclasses.replace(CFG.imp, rounds=3))),
                               levels=LEVELS)
-    whole = T.run(MT.imp(ctx), net(seed=0), data, RT, seed=0, ckpt=tmp_path / "whole.pt", key="k")
+    whole = T.run(MT.METHODS["imp"](ctx), net(seed=0), data, RT, seed=0, ckpt=tmp_path / "whole.pt", key="k")
 
     class Killed(Exception):
         pass
@@ -80,8 +80,8 @@ def test_a_killed_chain_resumes_with_its_levels(data, tmp_path):  # noqa: F811
         if metrics["round"] == 1:              # the first epoch of round 2: its checkpoint is never written
             raise Killed
     with pytest.raises(Killed):
-        T.run(MT.imp(ctx), net(seed=0), data, RT, seed=0, ckpt=tmp_path / "part.pt", key="k", log=kill)
-    resumed = T.run(MT.imp(ctx), net(seed=0), data, RT, seed=0, ckpt=tmp_path / "part.pt", key="k")
+        T.run(MT.METHODS["imp"](ctx), net(seed=0), data, RT, seed=0, ckpt=tmp_path / "part.pt", key="k", log=kill)
+    resumed = T.run(MT.METHODS["imp"](ctx), net(seed=0), data, RT, seed=0, ckpt=tmp_path / "part.pt", key="k")
     for s in LEVELS:
         a, b = whole["levels"][s], resumed["levels"][s]
         assert (a["rounds"], a["epochs"]) == (b["rounds"], b["epochs"])

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline import config as C, io, models, publish, report as R, stages, train as T
+from pipeline import config as C, io, jobs, models, publish, report as R, stages, train as T
 from pipeline.__main__ import main
 from pipeline.config import ROOT, read_yaml
 from pipeline.errors import Busy, CorruptFile, Diverged
@@ -204,7 +204,7 @@ def test_a_second_copy_of_a_training_job_exits_4_naming_the_first(tmp_path, env)
     assert _main(["prepare", "--experiment", experiment, "--dataset", "synthetic", "--out", data])[0] == 0
     cfg = C.load(str(experiment))
     sha = io.read_json(f"{data}.json")["sha256"]
-    ckpt = stages._checkpoint(cfg, "dense", stages._dense_key(cfg, "synthetic", "resnet20", 0, sha))
+    ckpt = jobs.checkpoint(cfg, "dense", jobs.dense_key(cfg, "synthetic", "resnet20", 0, sha))
     with io.exclusive(ckpt):                                 # the "first copy": this test process
         code, err = _main(["train_dense", "--experiment", experiment, "--dataset", "synthetic", "--arch",
                            "resnet20", "--seed", 0, "--data", data, "--out", tmp_path / "out" / "model.pt"])

@@ -1,4 +1,4 @@
-"""Retraining methods (pipeline/methods.py) run through the real training loop (pipeline/train.py) on a
+"""Retraining methods (pipeline/methods/) run through the real training loop (pipeline/train.py) on a
 quarter-width resnet20 and 64 synthetic images: exact sparsity, masks held after every step, rounds, rewinding,
 the GMP schedule, the random control, the lr schedule, and what the distillation losses feed where."""
 from __future__ import annotations
@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from pipeline import config, data as D, io, masks as M, methods as MT, models, stages, train as T
+from pipeline import config, data as D, frequency as fq, io, jobs, masks as M, methods as MT, models, stages, \
+    train as T
 from pipeline.models import prunable
 
 S = 0.9                                   # target sparsity
@@ -142,7 +143,7 @@ def test_pruned_weights_are_zero_after_every_step(trained, method):
     assert log["violations"] == 0
 
 
-@pytest.mark.parametrize("method", MT.ONE_SHOT + ("lr_rewind",))
+@pytest.mark.parametrize("method", MT.EQUAL_BUDGET + ("lr_rewind",))
 def test_one_shot_methods_spend_their_budget(trained, method):
     res, _, _ = trained(method)
     expected = CFG.train.epochs if method == "lr_rewind" else CFG.retrain.epochs
@@ -160,8 +161,8 @@ def test_random_matches_mbp_per_layer_counts_not_its_pattern(trained):
     assert {n: int((~m).sum()) for n, m in res["masks"].items()} == {n: int((~m).sum()) for n, m in ctx.mask.items()}
     assert any(not torch.equal(res["masks"][n], ctx.mask[n]) for n in ctx.mask)
     # the mask comes from the model's seed: the same seed gives the same mask, another seed another one
-    again = MT.random(ctx).rounds[0].begin(net(seed=3), None)
-    other = MT.random(dataclasses.replace(ctx, seed=ctx.seed + 1)).rounds[0].begin(net(seed=3), None)
+    again = MT.METHODS["random"](ctx).rounds[0].begin(net(seed=3), None)
+    other = MT.METHODS["random"](dataclasses.replace(ctx, seed=ctx.seed + 1)).rounds[0].begin(net(seed=3), None)
     assert all(torch.equal(res["masks"][n], again[n]) for n in ctx.mask)
     assert sum(not torch.equal(res["masks"][n], other[n]) for n in ctx.mask) >= len(ctx.mask) // 2
 
@@ -169,7 +170,7 @@ def test_random_matches_mbp_per_layer_counts_not_its_pattern(trained):
 def test_fourier_kd_logs_its_radius_schedule(trained):
     res, _, _ = trained("fourier_kd")
     d = CFG.distill
-    expected = [MT.fq.radius_at(e, CFG.retrain.epochs, d.radius_start, d.full_band_at, d.schedule, d.steps)
+    expected = [fq.radius_at(e, CFG.retrain.epochs, d.radius_start, d.full_band_at, d.schedule, d.steps)
                 for e in range(2)]
     assert expected[-1] == math.inf, "the smoke schedule reaches the full band in its last epoch"
     # the history (and MLflow) write the full band as the corner radius of a 32x32 spectrum, hypot(16, 16)
@@ -194,7 +195,7 @@ def test_iterative_methods_reach_the_target_in_the_planned_rounds(trained, metho
 
 def test_lth_begin_rewinds_survivors_to_the_saved_weights():
     ctx = context()
-    recipe = MT.lth(ctx)
+    recipe = MT.METHODS["lth"](ctx)
     rewind = ctx.snapshots[CFG.lth.rewind_epoch]
     model = net(seed=5)
     masks = None
@@ -318,7 +319,7 @@ def test_fourier_kd_feeds_the_filtered_batch_to_teacher_and_kl_the_unfiltered_to
     loss, logits, r = MT.METHODS[method](ctx).loss(student, x, y, 0, data.normalize)
     top = math.hypot(16, 16)
     assert r == (d.radius_start if band == "low" else top - d.radius_start)   # epoch 0 of the schedule
-    filtered = data.normalize(MT.fq.lowpass(x, r) if band == "low" else MT.fq.highpass(x, r))
+    filtered = data.normalize(fq.lowpass(x, r) if band == "low" else fq.highpass(x, r))
     assert len(teacher.calls) == 1 and torch.equal(teacher.calls[0][0], filtered)
     assert len(student.calls) == 2                           # two student passes per step before the full band
     assert torch.equal(student.calls[0][0], filtered)        # KL: student on the filtered batch
@@ -348,9 +349,9 @@ def test_freq_ce_is_cross_entropy_on_the_low_passed_batch_without_a_teacher(data
     teacher, student = Recorder(1), Recorder(2)
     ctx = dataclasses.replace(context(), teacher=teacher)
     x, y = _batch()
-    loss, logits, r = MT.freq_ce(ctx).loss(student, x, y, 0, data.normalize)
+    loss, logits, r = MT.METHODS["freq_ce"](ctx).loss(student, x, y, 0, data.normalize)
     assert r == CFG.distill.radius_start and teacher.calls == []
-    assert len(student.calls) == 1 and torch.equal(student.calls[0][0], data.normalize(MT.fq.lowpass(x, r)))
+    assert len(student.calls) == 1 and torch.equal(student.calls[0][0], data.normalize(fq.lowpass(x, r)))
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits.double(), y).item(), rel=1e-6)
 
 
@@ -359,7 +360,7 @@ def test_kd_recipe_equals_fourier_kd_recipe_once_the_schedule_is_full(data):
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 4, (8,), generator=g)
     student = net(seed=0).eval()
-    kd, fkd = MT.kd(ctx).loss, MT.fourier_kd(ctx).loss
+    kd, fkd = MT.METHODS["kd"](ctx).loss, MT.METHODS["fourier_kd"](ctx).loss
     full = math.ceil(CFG.distill.full_band_at * CFG.retrain.epochs)
     assert torch.equal(kd(student, x, y, full, data.normalize)[0], fkd(student, x, y, full, data.normalize)[0])
     # ... and not before: at epoch 0 the teacher sees a low-passed batch (so the check above is not vacuous)
@@ -384,7 +385,7 @@ def test_kd_loss_is_the_paper_formula(data):
 
 
 class _NoRun:
-    """Stands in for the MLflow run in stages._finish (tracking is tested elsewhere)."""
+    """Stands in for the MLflow run in jobs.finish (tracking is tested elsewhere)."""
     def log_metrics(self, *a, **k): pass
     def log_artifact(self, *a, **k): pass
 
@@ -396,14 +397,14 @@ def test_checkpointed_run_deletes_nothing_and_resumes_without_training(data, tmp
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b)
     ckpt = tmp_path / "runs" / "ck.pt"
-    res = T.run(MT.finetune(ctx), net(), data, RT, seed=0, ckpt=ckpt, key="k")
+    res = T.run(MT.METHODS["finetune"](ctx), net(), data, RT, seed=0, ckpt=ckpt, key="k")
     assert all(p.read_bytes() == b for p, b in keep.items())                # nothing else touched
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["ck.pt"]       # no temp files left behind
     state = io.load(ckpt, "checkpoint", keys=("key", "round", "epoch"))
     assert (state["key"], state["round"], state["epoch"]) == ("k", 0, CFG.retrain.epochs)
 
     # Resuming a finished checkpoint trains nothing and gives back the same model, masks and history.
-    recipe = MT.finetune(ctx)
+    recipe = MT.METHODS["finetune"](ctx)
     log = instrument(recipe)
     again = T.run(recipe, net(), data, RT, seed=0, ckpt=ckpt, key="k")
     assert log["steps"] == 0 and again["history"] == res["history"] and again["epochs"] == res["epochs"]
@@ -414,10 +415,10 @@ def test_checkpointed_run_deletes_nothing_and_resumes_without_training(data, tmp
 
 def test_checkpoint_of_other_parameters_is_refused_not_overwritten(data, tmp_path):
     ckpt = tmp_path / "ck.pt"
-    T.run(MT.finetune(context()), net(), data, RT, seed=0, ckpt=ckpt, key="k")
+    T.run(MT.METHODS["finetune"](context()), net(), data, RT, seed=0, ckpt=ckpt, key="k")
     before = ckpt.read_bytes()
     with pytest.raises(io.CorruptFile, match="other parameters"):
-        T.run(MT.finetune(context()), net(), data, RT, seed=0, ckpt=ckpt, key="other")
+        T.run(MT.METHODS["finetune"](context()), net(), data, RT, seed=0, ckpt=ckpt, key="other")
     assert ckpt.read_bytes() == before
 
 
@@ -430,12 +431,12 @@ def test_finishing_a_stage_removes_only_its_checkpoint(trained, data, tmp_path):
     for p, b in inputs.items():
         p.write_bytes(b)
     out = tmp_path / "finetune" / "model.pt"
-    stages._finish(CFG, _NoRun(), res, data, RT, str(out), "resnet20", ckpt, 1.0, "k")
+    jobs.finish(CFG, _NoRun(), res, data, RT, str(out), "resnet20", ckpt, 1.0, "k")
     assert not ckpt.exists()
     assert all(p.read_bytes() == b for p, b in inputs.items())
     assert sorted(p.name for p in out.parent.iterdir()) == ["metrics.json", "model.pt"]
     # the output holds the pruned model and its masks, exactly
-    loaded, blob = stages.load_model(out, expect={"arch": "resnet20", "job": "k"})
+    loaded, blob = jobs.load_model(out, expect={"arch": "resnet20", "job": "k"})
     for n, m in blob["masks"].items():
         assert torch.equal(m, res["masks"][n])
         assert torch.equal(loaded.state_dict()[n] == 0, ~m)

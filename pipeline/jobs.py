@@ -1,0 +1,155 @@
+"""What every training stage shares (stages.py and chains.py both use it): where a job checkpoints, the
+identity its files record and check, its parameters digest, loading a model or mask with checks, running the
+training loop with progress and MLflow logging, and finishing (final metrics, outputs written atomically).
+"""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from . import io, masks as M, models, train as T
+from .methods.iterative import rewind_epoch
+from .catalog import CATALOG
+from .config import ROOT, Config, ConfigError, digest
+from .progress import Progress
+from .tracking import Run
+
+
+def sibling(path, name: str) -> Path:
+    return Path(path).with_name(name)
+
+
+def checkpoint(cfg: Config, stage: str, key: str) -> Path:
+    """Where a training job checkpoints: never one of its declared outputs. PIPELINE_RUNS moves it (tests)."""
+    return Path(os.environ.get("PIPELINE_RUNS", ROOT / "runs")) / cfg.name / "checkpoints" / f"{stage}-{key}.pt"
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name()}"
+    name = platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu:{name}, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s) per job"
+
+
+def check_job(cfg: Config, dataset=None, arch=None, seed=None, sparsity=None, method=None) -> None:
+    """Wildcards must name things the config defines (a typo in a direct call fails here, before compute)."""
+    if dataset is not None and dataset not in cfg.datasets:
+        raise ConfigError(f"dataset = {dataset!r}: not defined under datasets: {sorted(cfg.datasets)}")
+    if arch is not None and arch not in models.MODELS:
+        raise ConfigError(f"arch = {arch!r}: must be one of {sorted(models.MODELS)}")
+    if seed is not None and seed < 0:
+        raise ConfigError(f"seed = {seed}: must be a non-negative integer")
+    if sparsity is not None and not 0 < sparsity < 1:
+        raise ConfigError(f"sparsity = {sparsity}: must be in the open interval (0, 1)")
+    if method is not None and method not in CATALOG:
+        raise ConfigError(f"method = {method!r}: must be one of {sorted(CATALOG)}")
+
+
+def model_file(model, arch, classes, cfg: Config, masks=None, **extra) -> dict:
+    return {"kind": "model", **identity(arch, classes, cfg), "state": T._state_dict(model),
+            "masks": None if masks is None else {n: m.cpu() for n, m in masks.items()}, **extra}
+
+
+def identity(arch, classes, cfg: Config) -> dict:
+    """What every model, mask and snapshot file records about its network, checked by the reading job."""
+    return {"arch": arch, "classes": classes, "width": cfg.model.width}
+
+
+def dense_key(cfg: Config, dataset, arch, seed, data_sha256) -> str:
+    """The dense job's parameters digest: its checkpoint's name, and the `job` field of what it writes."""
+    return digest({"stage": "dense", "dataset": dataset, "arch": arch, "seed": seed, "data": data_sha256,
+                   **cfg.section("model", "train", "runtime")})
+
+
+def prune_key(cfg: Config, dense_sha256, sparsity) -> str:
+    """The prune job's parameters digest (the `job` field of its mask): the dense model it cut, and how."""
+    return digest({"stage": "prune", "dense": dense_sha256, "sparsity": sparsity, **cfg.section("prune")})
+
+
+def load_model(path, rt: T.Runtime | None = None, expect: dict | None = None, exclude=()):
+    """A saved model (dense or pruned), rebuilt; its masks checked against the architecture's prunable
+    weights (less the `exclude`d layers, prune.exclude); `expect`: fields (arch, classes, width, job) that
+    must match what the reading job expects."""
+    blob = io.load(path, "model", keys=("arch", "classes", "width", "state"), expect=expect)
+    net = models.build(blob["arch"], blob["classes"], blob["width"])
+    try:
+        net.load_state_dict(blob["state"])
+    except RuntimeError as e:
+        raise io.CorruptFile(f"{path}: weights do not fit {blob['arch']}: {str(e).splitlines()[0]}") from None
+    if blob.get("masks") is not None:
+        check_mask(blob["masks"], net, path, exclude)
+    return (T.to_device(net, rt) if rt else net), blob
+
+
+def load_mask(path, net, expect: dict | None = None, exclude=()) -> dict:
+    blob = io.load(path, "mask", keys=("masks",), expect=expect)
+    check_mask(blob["masks"], net, path, exclude)
+    return blob["masks"]
+
+
+def check_mask(masks: dict, net, path, exclude=()) -> None:
+    """A mask made for another model is an input error naming the file (exit 3), not a stack trace. The
+    layers prune.exclude exempts have no mask."""
+    try:
+        M.check_compatible(masks, models.prunable(net, exclude), path)
+    except ValueError as e:
+        raise io.CorruptFile(str(e)) from None
+
+
+def run_training(cfg, stage, recipe, net, data, rt, seed, key, run: Run, cell: str):
+    ckpt = checkpoint(cfg, stage, key)
+    progress = Progress(stage, cell, sum(r.epochs for r in recipe.rounds))
+
+    def log(step, metrics):
+        run.log_metrics(metrics, step)
+        progress(step, metrics)
+    out = T.run(recipe, net, data, rt, seed, ckpt, key, log=log, run_id=run.run_id)
+    return out, ckpt, out["seconds"]
+
+
+def resumed_run_id(cfg, stage, key):
+    return T.checkpoint_run_id(checkpoint(cfg, stage, key), key)
+
+
+def finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, key, extra_files=None, extra_metrics=None,
+            agreement_with=None) -> None:
+    """Final metrics (the test set is read exactly once per model, here), outputs written atomically, then
+    the checkpoint removed (its job is done; the outputs are what Snakemake and DVC cache)."""
+    net = res["model"]
+    total = sum(p.numel() for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1)
+    nonzero = sum(int((p != 0).sum()) for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1)
+    metrics = {"val_acc": T.accuracy(net, dd, "val", rt), "test_acc": T.accuracy(net, dd, "test", rt),
+               "epochs": res["epochs"], "train_seconds": secs, "nonzero_weights": nonzero,
+               "weights": total, **(extra_metrics or {})}
+    if agreement_with is not None:
+        metrics["test_agreement"] = (T.predict(net, dd, dd.test_x, rt) ==
+                                     T.predict(agreement_with, dd, dd.test_x, rt)).float().mean().item()
+    metrics["hardware"] = hardware()
+    metrics["experiment"] = cfg.name
+    for name, obj in (extra_files or {}).items():
+        io.save(obj, sibling(out, name))
+    io.write_json(sibling(out, "metrics.json"), metrics)
+    io.save(model_file(net, arch, dd.classes, cfg, res["masks"], data_sha256=dd.sha256, job=key), out)
+    last = res["history"][-1] if res["history"] else {}      # val_acc, sparsity: logged by the last epoch
+    run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in last},
+                    res["epochs"])
+    run.log_artifact(sibling(out, "metrics.json"))
+    if ckpt is not None:               # None: more outputs of this job follow (a chain's lower levels)
+        ckpt.unlink(missing_ok=True)
+
+
+def load_snapshots(cfg: Config, path, method: str, made: dict) -> dict:
+    """The dense job's weight snapshots, checked to hold the epoch `method` rewinds to."""
+    snaps = io.load(path, "snapshots", keys=("snapshots",), expect=made)["snapshots"]
+    k = rewind_epoch(cfg, method)
+    if k is not None and k not in snaps:
+        raise io.CorruptFile(f"{path}: no weights saved at epoch {k} (the rewind epoch of {method}); "
+                             f"add it to train.save_epochs and rerun train_dense")
+    return snaps
