@@ -126,9 +126,7 @@ def prepare(cfg: Config, dataset: str, out: Path) -> dict:
 
 def load(path: Path) -> dict:
     """Load a prepared dataset after checking its checksum against the description written beside it."""
-    info = io.read_json(Path(str(path) + ".json"), keys=("sha256",))
-    if not isinstance(info["sha256"], str):
-        raise io.CorruptFile(f"{path}.json: sha256 = {info['sha256']!r} is not a checksum string; rerun prepare")
+    info = io.read_json(Path(str(path) + ".json"), keys=("sha256",), schema=io.DATASET)
     if not Path(path).is_file():
         raise io.CorruptFile(f"{path}: prepared dataset is missing (run the prepare stage)")
     digest = io.sha256(path)

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import socket
 import tempfile
@@ -84,24 +85,129 @@ def write_text(path, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
 
 
+DIGEST = "content_sha256"   # the key under which `write_json` embeds the digest of a JSON object's other keys
+
+
+def json_sha256(obj) -> str:
+    """The sha256 of a JSON value's canonical text (sorted keys, no spaces): what it reads back as, whatever
+    the indentation (floats print their shortest round-trip form, so a reread value hashes the same)."""
+    canon = json.loads(json.dumps(obj))
+    return hashlib.sha256(json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_json(path, obj) -> None:
+    """A JSON file, atomically; an object (dict) carries the digest of its content (verified by `read_json`)."""
+    if isinstance(obj, dict):
+        obj = {k: v for k, v in obj.items() if k != DIGEST}
+        obj[DIGEST] = json_sha256(obj)
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path, keys=()):
-    """A JSON file holding an object with `keys` (or, with keys=None, any JSON value)."""
+def read_json(path, keys=(), schema: dict | None = None):
+    """A JSON file holding an object with `keys` (or, with keys=None, any JSON value). An object must carry
+    the digest `write_json` gave it (an edited or damaged file is refused), every number in it must be
+    finite, and the values of `schema` (key -> Kind, [Kind], {key: ...}) must be what it says; the digest
+    key is removed from what is returned. Any failure: CorruptFile naming the file and the key (exit 3)."""
     try:
         obj = json.loads(Path(path).read_bytes())
     except FileNotFoundError:
         raise CorruptFile(f"{path}: file is missing") from None
-    except (ValueError, OSError) as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, OSError, RecursionError) as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CorruptFile(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     if keys is not None:
         if not isinstance(obj, dict):
             raise CorruptFile(f"{path}: expected a JSON object, found {type(obj).__name__}")
         if missing := [k for k in keys if k not in obj]:
             raise CorruptFile(f"{path}: missing keys {missing}")
+    if isinstance(obj, dict):
+        stored = obj.pop(DIGEST, None)
+        if stored is None:
+            raise CorruptFile(f"{path}: carries no {DIGEST} (not written by this pipeline, or by a version "
+                              f"before JSON digests); rerun the stage that writes it")
+        if (actual := json_sha256(obj)) != stored:
+            raise CorruptFile(f"{path}: {DIGEST} {actual[:12]} does not match the {str(stored)[:12]} it was "
+                              f"written with: the file was edited or damaged; rerun the stage that writes it")
+    _finite(path, "", obj)
+    if schema is not None:
+        _valid(path, "", obj, schema)
     return obj
+
+
+class Kind:
+    """What a JSON value must be: `test(value) -> bool`, and the words for the error message."""
+
+    def __init__(self, test, says: str):
+        self.test, self.says = test, says
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+FRACTION = Kind(lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]")
+COUNT = Kind(lambda v: type(v) is int and v >= 0, "a non-negative integer")
+SECONDS = Kind(lambda v: _number(v) and v >= 0, "a non-negative number")
+TEXT = Kind(lambda v: isinstance(v, str), "a string")
+SHA256 = Kind(lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+              "a sha256 checksum (64 hex digits)")
+RADIUS = Kind(lambda v: v == "full" or (_number(v) and v >= 0), 'a non-negative number or "full"')
+EACH = "*"          # a schema key matching every key of an object (a mapping of names)
+
+
+def _at(where: str, key) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _bad(path, where, value, says):
+    raise CorruptFile(f"{path}: {where} = {repr(value)[:80]}: must be {says}; rerun the stage that writes it")
+
+
+def _finite(path, where, v) -> None:
+    if isinstance(v, float) and not math.isfinite(v):
+        _bad(path, where or "value", v, "a finite number")
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _finite(path, _at(where, k), x)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _finite(path, f"{where}[{i}]", x)
+
+
+def _valid(path, where, v, spec) -> None:
+    if isinstance(spec, Kind):
+        if not spec.test(v):
+            _bad(path, where, v, spec.says)
+    elif isinstance(spec, list):                          # [Kind]: a list of values of that kind
+        if not isinstance(v, list):
+            _bad(path, where, v, "a list")
+        for i, x in enumerate(v):
+            _valid(path, f"{where}[{i}]", x, spec[0])
+    else:                                                 # {key: spec}: an object; keys absent are not checked
+        if not isinstance(v, dict):
+            _bad(path, where, v, "an object")
+        for k, x in v.items():
+            if k in spec or EACH in spec:
+                _valid(path, _at(where, k), x, spec.get(k, spec.get(EACH)))
+        if (rule := spec.get(None)) is not None and (broken := rule(v)):   # across keys: (key, says)
+            _bad(path, _at(where, broken[0]), v[broken[0]], broken[1])
+
+
+def _one_per_radius(v: dict):
+    """Band curves: one value per radius."""
+    n = len(v.get("radii", []))
+    return next(((k, f"a list of {n} values (one per radius)") for k in ("low_acc", "high_acc", "low_agree",
+                 "high_agree") if k in v and len(v[k]) != n), None)
+
+
+# What each JSON output holds (the writers: stages._finish, masks.stats, spectral.evaluate, data.prepare).
+METRICS = {"val_acc": FRACTION, "test_acc": FRACTION, "test_agreement": FRACTION, "sparsity": FRACTION,
+           "epochs": COUNT, "nonzero_weights": COUNT, "weights": COUNT, "nonzero": COUNT, "prunable": COUNT,
+           "rounds": COUNT, "chain_levels": COUNT, "train_seconds": SECONDS, "hardware": TEXT, "experiment": TEXT}
+MASK_STATS = {"sparsity": FRACTION, "kept": COUNT, "total": COUNT, "layers": {EACH: FRACTION}}
+BANDS = {"radii": [RADIUS], "filter": TEXT, "low_acc": [FRACTION], "high_acc": [FRACTION],
+         "low_agree": [FRACTION], "high_agree": [FRACTION], "bn_images": COUNT, None: _one_per_radius}
+SPECTRAL = {**BANDS, "heatmap_seconds": SECONDS, "variants": {EACH: BANDS}}
+DATASET = {"sha256": SHA256, "name": TEXT, "source": TEXT, "classes": [TEXT], "sizes": {EACH: COUNT}}
 
 
 def load(path, kind: str, keys=(), expect: dict | None = None) -> dict:

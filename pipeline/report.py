@@ -47,13 +47,14 @@ def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         for key, metrics, spectral in models:
             if metrics is not None:
                 m = io.read_json(metrics, keys=("val_acc", "test_acc", "nonzero_weights", "weights", "epochs",
-                                                "train_seconds", "hardware"))
+                                                "train_seconds", "hardware"), schema=io.METRICS)
                 rows.append({**key, "group": _group(key["method"]), "val_acc": m["val_acc"],
                              "test_acc": m["test_acc"], "test_agreement": m.get("test_agreement", 1.0),
                              "nonzero_weights": m["nonzero_weights"], "weights": m["weights"],
                              "epochs": m["epochs"], "rounds": m.get("rounds"), "train_seconds": m["train_seconds"],
                              "hardware": m["hardware"]})
-            sj = io.read_json(spectral, keys=("radii", "filter", "low_acc", "high_acc", "heatmap_seconds"))
+            sj = io.read_json(spectral, keys=("radii", "filter", "low_acc", "high_acc", "heatmap_seconds"),
+                              schema=io.SPECTRAL)
             # the pruned topology's json also holds its controlled variants (signature.py): one row set each
             for k, v in [(key, sj)] + [(dict(key, method=n), v) for n, v in sj.get("variants", {}).items()]:
                 for band in ("low", "high"):

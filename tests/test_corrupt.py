@@ -298,8 +298,9 @@ def case_dataset_description_a_list(real, tmp):
 
 
 def case_dataset_description_sha256_not_a_string(real, tmp):
-    args, desc = _dataset_with_description(real, tmp, b'{"sha256": 5}')
-    return args, desc, "sha256 = 5 is not a checksum string"
+    io.write_json(tmp / "five.json", {"sha256": 5})          # with its digest: the value itself is refused
+    args, desc = _dataset_with_description(real, tmp, (tmp / "five.json").read_bytes())
+    return args, desc, "sha256 = 5: must be a sha256 checksum"
 
 
 CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}

@@ -187,7 +187,7 @@ def test_torchvision_cifar_download_extract_and_prepare(name, subset, tmp_path, 
     assert (root / cls.base_folder / train_files[0]).is_file()
 
     blob = D.load(out)                                 # checks the sha256 in out.json
-    described = json.loads(Path(f"{out}.json").read_text())
+    described = io.read_json(f"{out}.json")
     assert described == info
     assert info["sha256"] == io.sha256(out) == blob["sha256"]
     assert info["source"] == "torchvision" and info["name"] == name

@@ -337,9 +337,9 @@ def test_a_report_that_fails_part_way_leaves_the_previous_one_whole(reported, tm
     # The heat maps are read after summary.csv, spectral.csv and the first figure are written.
     heat = runs / "spectral/synthetic/resnet20/seed0/s0.9/finetune_heatmap.pt"
     heat.write_bytes(heat.read_bytes()[:100])
-    (runs / "dense/synthetic/resnet20/seed0/metrics.json").write_text(json.dumps(
-        {"val_acc": 0.9, "test_acc": 0.9, "nonzero_weights": 10, "weights": 100, "epochs": 2,
-         "train_seconds": 1.0, "hardware": "cpu:test"}))                    # a new number the failed report read
+    io.write_json(runs / "dense/synthetic/resnet20/seed0/metrics.json",
+                  {"val_acc": 0.9, "test_acc": 0.9, "nonzero_weights": 10, "weights": 100, "epochs": 2,
+                   "train_seconds": 1.0, "hardware": "cpu:test"})          # a new number the failed report read
     code, err = _main(["report", "--experiment", experiment])
     assert code == 3 and f"input error: {heat}: not a readable heatmap file" in err, err
     after = {p: p.read_bytes() for p in sorted((tmp_path / "results").rglob("*")) if p.is_file()}
