@@ -120,13 +120,7 @@ def read_json(path, keys=(), schema: dict | None = None):
         if missing := [k for k in keys if k not in obj]:
             raise CorruptFile(f"{path}: missing keys {missing}")
     if isinstance(obj, dict):
-        stored = obj.pop(DIGEST, None)
-        if stored is None:
-            raise CorruptFile(f"{path}: carries no {DIGEST} (not written by this pipeline, or by a version "
-                              f"before JSON digests); rerun the stage that writes it")
-        if (actual := json_sha256(obj)) != stored:
-            raise CorruptFile(f"{path}: {DIGEST} {actual[:12]} does not match the {str(stored)[:12]} it was "
-                              f"written with: the file was edited or damaged; rerun the stage that writes it")
+        _verify(path, "", DIGEST, obj.pop(DIGEST, None), lambda: json_sha256(obj))
     _finite(path, "", obj)
     if schema is not None:
         _valid(path, "", obj, schema)
@@ -210,6 +204,16 @@ SPECTRAL = {**BANDS, "heatmap_seconds": SECONDS, "variants": {EACH: BANDS}}
 DATASET = {"sha256": SHA256, "name": TEXT, "source": TEXT, "classes": [TEXT], "sizes": {EACH: COUNT}}
 
 
+def _verify(path, what: str, name: str, stored, actual) -> None:
+    """The digest a file was written with (`stored`) against its content's (`actual()`)."""
+    if stored is None:
+        raise CorruptFile(f"{path}: {what}carries no {name} (not written by this pipeline, or by a version "
+                          f"before {name}s); rerun the stage that writes it")
+    if (now := actual()) != stored:
+        raise CorruptFile(f"{path}: {name} {now[:12]} does not match the {str(stored)[:12]} it was written "
+                          f"with: the {what or 'file '}was changed or damaged; rerun the stage that writes it")
+
+
 def load(path, kind: str, keys=(), expect: dict | None = None) -> dict:
     """torch.load with weights_only=True (no code runs from a file); a truncated, foreign or tampered file
     (checksum mismatch) gives an error naming it and what was expected, never a bare stack trace. `expect`:
@@ -225,13 +229,7 @@ def load(path, kind: str, keys=(), expect: dict | None = None) -> dict:
     if not isinstance(obj, dict) or obj.get("kind") != kind:
         found = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__
         raise CorruptFile(f"{path}: expected a {kind} file, found {found!r}")
-    stored = obj.pop(CHECKSUM, None)
-    if stored is None:
-        raise CorruptFile(f"{path}: {kind} file carries no checksum (not written by this pipeline, or by a "
-                          f"version before checksums); rerun the stage that writes it")
-    if (actual := content_sha256(obj)) != stored:
-        raise CorruptFile(f"{path}: checksum {actual[:12]} does not match the {str(stored)[:12]} it was "
-                          f"written with: the {kind} file was changed or damaged; rerun the stage that writes it")
+    _verify(path, f"{kind} file ", "checksum", obj.pop(CHECKSUM, None), lambda: content_sha256(obj))
     if missing := [k for k in keys if k not in obj]:
         raise CorruptFile(f"{path}: {kind} file lacks {missing}")
     for k, want in (expect or {}).items():
