@@ -159,10 +159,25 @@ class TrackingCfg:
 
 
 @dataclass
+class ClaimCfg:
+    """One pre-declared claim (report.claims): `method` is `direction` than `baseline` at every claimed
+    sparsity, judged by the rule of pipeline/verdicts.py."""
+    method: str
+    baseline: str
+    direction: str = "better"                # better | worse
+    sparsities: list[float] | None = None    # the claimed sparsities (each in grid.sparsities) ...
+    min_sparsity: float | None = None        # ... or the grid's sparsities >= this (default report.min_sparsity)
+    question: str = ""                       # a control's question in words: it is reported with the controls
+
+
+@dataclass
 class ReportCfg:
     dir: str | None = None           # None: runs/<name>/report (a run's output, never a tracked file)
-    equivalence_margin: float = 0.5   # percentage points (TOST margin of the "not held" verdict)
+    equivalence_margin: float = 0.5   # percentage points (TOST margin of "no relevant difference")
     chance_margin: float = 5.0        # percentage points above chance (pruning signature: radii kept)
+    alpha: float = 0.05               # every test of every verdict (one-sided; TOST: each side)
+    min_sparsity: float = 0.8         # a claim without sparsities covers the grid's sparsities >= this
+    claims: list[ClaimCfg] = field(default_factory=list)
 
 
 @dataclass
@@ -441,6 +456,7 @@ def _check(c: Config) -> None:
           "positive (percentage points)")
     _need(0 <= c.report.chance_margin < 100, "report.chance_margin", c.report.chance_margin,
           "in [0, 100) (percentage points above chance)")
+    _check_claims(c)
     if c.report.dir is not None:            # publish.check_target also refuses folders of tracked files, at run time
         d = resolve_path(c.report.dir).resolve()
         _need(not ROOT.resolve().is_relative_to(d) and d != (ROOT / "runs").resolve(), "report.dir", c.report.dir,
@@ -469,6 +485,32 @@ def _check(c: Config) -> None:
     _need(c.tracking.uri.startswith(TRACKING_SCHEMES), "tracking.uri", c.tracking.uri,
           f"an MLflow store starting with one of {TRACKING_SCHEMES} (a SQLite file, or a tracking server "
           f"http://host:port)")
+
+
+DIRECTIONS = ("better", "worse")
+
+
+def _check_claims(c: Config) -> None:
+    rep = c.report
+    _need(0 < rep.alpha < 0.5, "report.alpha", rep.alpha, "in (0, 0.5) (the level of each one-sided test)")
+    _need(0 <= rep.min_sparsity < 1, "report.min_sparsity", rep.min_sparsity, "in [0, 1)")
+    seen = set()
+    for i, cl in enumerate(rep.claims):
+        key = f"report.claims[{i}]"
+        _need(cl.method in METHODS, f"{key}.method", cl.method, f"one of {METHODS}")
+        _need(cl.baseline in METHODS, f"{key}.baseline", cl.baseline, f"one of {METHODS} other than the method")
+        _need(cl.baseline != cl.method, f"{key}.baseline", cl.baseline, "a method other than the claim's method")
+        _need(cl.direction in DIRECTIONS, f"{key}.direction", cl.direction, f"one of {DIRECTIONS}")
+        _need(cl.sparsities is None or cl.min_sparsity is None, f"{key}.sparsities", cl.sparsities,
+              "left out when min_sparsity is given (one or the other)")
+        if cl.sparsities is not None:
+            _need(len(cl.sparsities) > 0 and all(s in c.grid.sparsities for s in cl.sparsities),
+                  f"{key}.sparsities", cl.sparsities, f"a non-empty list of the grid's sparsities {c.grid.sparsities}")
+        if cl.min_sparsity is not None:
+            _need(0 <= cl.min_sparsity < 1, f"{key}.min_sparsity", cl.min_sparsity, "in [0, 1)")
+        _need((cl.method, cl.baseline) not in seen, key, f"{cl.method} vs {cl.baseline}",
+              "declared once (each pair of methods is one claim)")
+        seen.add((cl.method, cl.baseline))
 
 
 def lookup(d: dict, dotted: str):

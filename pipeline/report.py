@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import figures, io, publish, verdicts
+from . import claims, figures, io, publish
 from .config import ROOT, Config, resolve_path
 from .catalog import EQUAL_BUDGET
 from .spectral import FULL
@@ -108,25 +108,13 @@ def main_table(summary: pd.DataFrame, ds: str, arch: str) -> str:
     return "\n".join(lines)
 
 
-def paired(summary: pd.DataFrame, ds: str, arch: str, method: str, base: str) -> list[verdicts.Difference]:
-    """method - base at each sparsity: test-accuracy differences paired by the seeds run by both."""
-    df = summary[(summary.dataset == ds) & (summary.arch == arch)]
-    out = []
-    for s in sorted(df[df.method == base].sparsity.unique()):
-        a = df[(df.method == method) & (df.sparsity == s)].set_index("seed").test_acc
-        b = df[(df.method == base) & (df.sparsity == s)].set_index("seed").test_acc
-        seeds = sorted(set(a.index) & set(b.index))
-        if seeds:
-            out.append(verdicts.difference(s, [a[k] for k in seeds], [b[k] for k in seeds]))
-    return out
-
-
 def comparisons(summary: pd.DataFrame, ds: str, arch: str, baselines=("finetune", "kd")) -> pd.DataFrame:
     """Every method vs each baseline at the same sparsity (paired by seed)."""
     methods = summary[(summary.dataset == ds) & (summary.arch == arch) & (summary.method != "dense")].method.unique()
     return pd.DataFrame([{"baseline": b, "method": m, "sparsity": d.key, "n": d.n, "mean": d.mean,
                           **dict(zip(("low", "high"), d.interval(0.95)))}
-                         for b in baselines for m in methods if m != b for d in paired(summary, ds, arch, m, b)])
+                         for b in baselines for m in methods if m != b
+                         for d in claims.paired(summary, ds, arch, m, b)])
 
 
 def _ci_text(r) -> str:
@@ -245,7 +233,7 @@ def report(cfg: Config) -> None:
             lines += [f"> Not the paper's recipe (configs/{cfg.name}.yaml): {cfg.train.epochs} dense epochs, "
                       f"{cfg.retrain.epochs} retraining epochs, model width x{cfg.model.width}. The verdicts "
                       "below hold for this reduced regime only.", ""]
-        metrics, claims = {}, []
+        metrics, signatures = {}, {}
         for ds in cfg.grid.datasets:
             for arch in cfg.grid.archs:
                 tag = f"{ds}_{arch}"
@@ -283,19 +271,14 @@ def report(cfg: Config) -> None:
                           "preserved behaviour).", "",
                           sig_table if radii else "No radius qualifies: the teacher is near chance on a band at "
                           "every radius, so this signature cannot be measured here.", ""]
-                claims += _claims(summary, sig, ds, arch, cfg.report.equivalence_margin)
+                signatures[ds, arch] = sig
                 for _, r in summary[(summary.dataset == ds) & (summary.arch == arch)].groupby(
                         ["method", "sparsity"]).test_acc.agg(["mean", "std", "count"]).reset_index().iterrows():
                     metrics.setdefault(tag, {})[f"{r.method}_s{r.sparsity}"] = {
                         "test_acc_mean": round(float(r["mean"]), 6), "seeds": int(r["count"])}
         heat = spec.groupby(["dataset", "arch", "seed", "sparsity", "method"]).heatmap_seconds.first()
-        lines += ["## Claims", "",
-                  "Each claim of the paper (abstract), the comparison that tests it, and the verdict on the runs "
-                  "above. " + verdicts.rule(cfg.report.equivalence_margin) + " Evidence: the mean paired "
-                  "difference in percentage points at each sparsity, with its per-sparsity "
-                  f"{100 * (1 - 2 * verdicts.ALPHA):g}% t-interval.", "",
-                  "| claim | test | data | verdict | evidence |", "|---|---|---|---|---|"] + claims
-        lines += ["", "## Cost", "", f"Fourier heat map: {heat.mean():.2f} s per model on average "
+        lines += claims.section(summary, cfg, signatures)
+        lines += ["## Cost", "", f"Fourier heat map: {heat.mean():.2f} s per model on average "
                   f"({cfg.spectral.heatmap_images} images, {hardware}).", "",
                   "Files: summary.csv (one row per model), spectral.csv (one row per model, band and radius), "
                   "metrics.json (for `dvc metrics show`), figures/."]
@@ -305,43 +288,3 @@ def report(cfg: Config) -> None:
             run.log_artifact(f)
         for f in sorted(figs.glob("*.png")):
             run.log_artifact(f, "figures")
-
-
-CLAIMS = (  # (claim from the paper's abstract, method, baseline)
-    ("Fourier-guided MBP beats traditional MBP (one-shot fine-tuning) at the same budget", "fourier_kd", "finetune"),
-    ("The low-to-high frequency curriculum adds to plain distillation", "fourier_kd", "kd"),
-    ("The ordering matters: low-to-high beats high-to-low", "fourier_kd", "fourier_kd_reverse"),
-    ("Distillation from the dense teacher matters, not only the frequency curriculum", "fourier_kd", "freq_ce"),
-)
-
-
-def _evidence(diffs: list, j) -> str:
-    if not diffs:
-        return "not run in this grid"
-    parts = []
-    for d, (low, high) in zip(diffs, j.intervals):
-        if d.n < 2:
-            parts.append(f"s={d.key}: {100 * d.mean:+.2f} ({d.n} seed: no interval)")
-        else:
-            parts.append(f"s={d.key}: {100 * d.mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] ({d.n} seeds)")
-    return "; ".join(parts) + ("; *within the margin*" if j.verdict in (verdicts.HELD, verdicts.WORSE)
-                               and j.within_margin else "")
-
-
-def _claim_row(claim: str, test: str, where: str, diffs: list, margin_pp: float) -> str:
-    j = verdicts.judge(diffs, margin_pp / 100)
-    return f"| {claim} | {test} | {where} | **{j.verdict}** | {_evidence(diffs, j)} |"
-
-
-def _claims(summary: pd.DataFrame, sig: dict, ds: str, arch: str, margin_pp: float) -> list[str]:
-    rows = []
-    for claim, method, base in CLAIMS:
-        rows.append(_claim_row(claim, f"{method} - {base}", f"{ds}/{arch}", paired(summary, ds, arch, method, base),
-                               margin_pp))
-    for evaluation, by_s in sig.items():
-        diffs = [verdicts.difference(s, mbp, control) for s, (mbp, control) in sorted(by_s.items())]
-        rows.append(_claim_row("MBP keeps the network's low-frequency behaviour better than its high-frequency one",
-                               f"agreement with the teacher, low-pass - high-pass, MBP topology - random mask with "
-                               f"its per-layer counts, {evaluation}, before retraining", f"{ds}/{arch}", diffs,
-                               margin_pp))
-    return rows

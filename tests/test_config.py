@@ -97,6 +97,26 @@ CASES = {
     "bn-batches-0": (_const({"spectral": {"bn_batches": 0}}), "spectral.bn_batches"),
     "equivalence-margin-0": (_const({"report": {"equivalence_margin": 0}}), "report.equivalence_margin"),
     "chance-margin-negative": (_const({"report": {"chance_margin": -1}}), "report.chance_margin"),
+    "alpha-one-half": (_const({"report": {"alpha": 0.5}}), "report.alpha"),
+    "claim-unknown-method": (_const({"report": {"claims": [{"method": "fourier", "baseline": "kd"}]}}),
+                             "report.claims[0].method"),
+    "claim-against-itself": (_const({"report": {"claims": [{"method": "kd", "baseline": "finetune"},
+                                                           {"method": "kd", "baseline": "kd"}]}}),
+                             "report.claims[1].baseline"),
+    "claim-direction": (_const({"report": {"claims": [{"method": "kd", "baseline": "finetune",
+                                                       "direction": "higher"}]}}), "report.claims[0].direction"),
+    # the smoke grid has sparsity 0.9 only
+    "claim-sparsity-not-in-grid": (_const({"report": {"claims": [{"method": "kd", "baseline": "finetune",
+                                                                  "sparsities": [0.5]}]}}),
+                                   "report.claims[0].sparsities"),
+    "claim-sparsities-and-min": (_const({"report": {"claims": [{"method": "kd", "baseline": "finetune",
+                                                                "sparsities": [0.9], "min_sparsity": 0.8}]}}),
+                                 "report.claims[0].sparsities"),
+    "claim-declared-twice": (_const({"report": {"claims": [{"method": "kd", "baseline": "finetune"},
+                                                           {"method": "kd", "baseline": "finetune",
+                                                            "direction": "worse"}]}}), "report.claims[1]"),
+    "claim-typo-key": (_const({"report": {"claims": [{"method": "kd", "baseline": "finetune", "sparsity": 0.9}]}}),
+                       "report.claims[0].sparsity"),
 }
 # As subprocesses: 16 distinct cases, 3 of them through a real training stage with plausible arguments.
 # The CLI maps a ConfigError to exit 2 the same way whatever the key, so every case is ALSO checked
