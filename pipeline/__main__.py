@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def stage(name, *args, help):
         s = sub.add_parser(name, help=help)
-        s.add_argument("--experiment", default=None, help="experiment name (configs/<name>.yaml) or path; default: "
+        s.add_argument("--experiment", default=None, help="experiment name (configs/<name>.yaml; a name, not a path); default: "
                                                        "params.yaml alone (the paper)")
         s.add_argument("--threads", type=int, default=None,
                        help="CPU threads of this job (the DAG passes its resources.threads); default: runtime.threads")

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import yaml
 from .catalog import CHAIN_METHODS, METHOD_PARAMS, METHODS  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
+NAME_CHARS = re.compile(r"[A-Za-z0-9_-]+")      # an experiment's name: its file's stem in configs/
 ARCHS = ("resnet20", "resnet56", "vgg16_bn")
 SOURCES = ("torchvision", "imagefolder", "synthetic")
 TORCHVISION_DATASETS = ("cifar10", "cifar100")
@@ -231,11 +233,27 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def experiment_path(experiment: str | None) -> Path | None:
+def configs_dir() -> Path:
+    """Where an experiment's name is looked up: configs/ (PIPELINE_CONFIGS moves it: tests)."""
+    return Path(os.environ.get("PIPELINE_CONFIGS") or ROOT / "configs")
+
+
+def experiment_path(experiment: str | Path | None) -> Path | None:
+    """configs/<name>.yaml for an experiment's name (None: params.yaml alone, the paper). A name only: the
+    command line's `--experiment` never loads a file from elsewhere. A Path object names a file directly
+    (code, never the command line)."""
     if experiment in (None, "", "paper"):
         return None
-    p = Path(experiment)
-    return p if p.suffix in (".yaml", ".yml") else ROOT / "configs" / f"{experiment}.yaml"
+    if isinstance(experiment, Path):
+        return experiment
+    folder = configs_dir()
+    known = lambda: ", ".join(sorted(f.stem for f in folder.glob("*.yaml")) + ["paper"])  # noqa: E731
+    if not NAME_CHARS.fullmatch(experiment):
+        raise ConfigError(f"--experiment = {experiment!r}: must be an experiment's name (letters, digits, - and _), "
+                          f"not a path: the jobs load {folder}/<name>.yaml only ({known()})")
+    if not (p := folder / f"{experiment}.yaml").is_file():
+        raise ConfigError(f"--experiment = {experiment!r}: no config file {p} (experiments: {known()})")
+    return p
 
 
 def merged_raw(experiment: str | None = None, params: str | Path = ROOT / "params.yaml") -> dict:
@@ -357,7 +375,7 @@ def _need(ok: bool, key: str, value, allowed: str):
 
 
 def _check(c: Config) -> None:
-    _need(bool(c.name) and c.name.replace("_", "").replace("-", "").isalnum(), "name", c.name,
+    _need(bool(NAME_CHARS.fullmatch(c.name)), "name", c.name,
           "a non-empty name of letters, digits, - and _")
     for name, d in c.datasets.items():
         k = f"datasets.{name}"

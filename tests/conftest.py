@@ -44,9 +44,22 @@ def env(tmp_path, monkeypatch) -> dict:
     return {**os.environ, **values}
 
 
+def cli(args, env: dict) -> tuple[list[str], dict]:
+    """Command-line arguments and environment for `python -m pipeline`: an experiment file written by
+    `write_experiment` (a Path after --experiment) becomes its name, looked up in its folder (PIPELINE_CONFIGS),
+    as the jobs look up configs/<name>.yaml: the command line takes names only."""
+    args = list(args)
+    for i in range(len(args) - 1):
+        if args[i] == "--experiment" and isinstance(args[i + 1], Path):
+            env = {**env, "PIPELINE_CONFIGS": str(args[i + 1].parent)}
+            args[i + 1] = args[i + 1].stem
+    return [str(a) for a in args], env
+
+
 def run_stage(*args, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m pipeline <args>` in a subprocess, output captured."""
-    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT, env=env,
+    args, env = cli(args, env)
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

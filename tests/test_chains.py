@@ -115,7 +115,7 @@ def test_chain_stage_writes_every_level_with_its_own_metrics_and_run(tmp_path, e
         assert m["nonzero"] == m["prunable"] - round(s * m["prunable"])
     assert not list((tmp_path / "runs").rglob("chain-*.pt")), "the chain's checkpoint outlived the job"
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    exp_id = client.get_experiment_by_name(C.load(str(exp)).name).experiment_id
+    exp_id = client.get_experiment_by_name(C.load(exp).name).experiment_id
     runs = client.search_runs([exp_id])
     stages = sorted((r.data.tags["stage"], r.data.tags.get("sparsity", "-")) for r in runs)
     assert stages == [("chain", "-"), ("prepare", "-"), ("retrain", "0.5"), ("retrain", "0.9"), ("train_dense", "0.0")]

@@ -163,6 +163,11 @@ BAD = [(f"{c}-validate", "validate", _experiment_args(c), CASES[c][1]) for c in 
     (f"{c}-train_dense", "train_dense", lambda tmp, c=c: _experiment_args(c)(tmp) + _dense_args(tmp), CASES[c][1])
     for c in THROUGH_TRAIN] + [
     ("experiment-name-differs-from-file-name", "train_dense", _name_mismatch, "name = 't'"),
+    # --experiment takes a name matched against configs/ only: a path (even to a valid file) is refused
+    ("experiment-given-as-a-path", "train_dense", lambda tmp: ["--experiment", str(write_experiment(tmp, "evil")),
+                                                               *_dense_args(tmp)], "must be an experiment's name"),
+    ("experiment-climbing-out-of-configs", "validate", lambda tmp: ["--experiment", "../configs/smoke"],
+     "--experiment = '../configs/smoke': must be an experiment's name (letters, digits, - and _), not a path"),
     ("direct-prune-sparsity-1.5", "prune", _direct_call("prune", sparsity=1.5), "sparsity = 1.5"),
     ("direct-retrain-unknown-method", "retrain", _direct_call("retrain", method="magic"), "method = 'magic'"),
 ]
@@ -211,10 +216,10 @@ def test_bad_config_in_process(case, tmp_path):
     override loads (so the refusal is for that key and nothing else)."""
     make, key = CASES[case]
     with pytest.raises(C.ConfigError) as e:
-        C.load(str(write_experiment(tmp_path, name="t", **make(tmp_path))))
+        C.load(write_experiment(tmp_path, name="t", **make(tmp_path)))
     assert key in str(e.value)
     good = _folder(classes=3)(tmp_path / "ok") if case.startswith("imagefolder") else {}
-    C.load(str(write_experiment(tmp_path, name="t", **good)))
+    C.load(write_experiment(tmp_path, name="t", **good))
 
 
 # ------------------------------------------------------------------------------------------- positive
@@ -230,6 +235,6 @@ def test_shipped_configs_validate(path, monkeypatch):
             pytest.skip(f"the CIFAR-10 JPEG copy is absent ({folder}; set CIFAR10_JPEG_DIR): the validator "
                         f"checks that imagefolder paths exist")
         monkeypatch.setenv("CIFAR10_JPEG_DIR", str(folder))
-    cfg = C.load(None if path is None else str(path))
+    cfg = C.load(None if path is None else path.stem)
     assert cfg.name == ("paper" if path is None else path.stem)
     assert all(ds in cfg.datasets for ds in cfg.grid.datasets)

@@ -18,7 +18,7 @@ import torch
 from pipeline import config as C, data as D, io, masks as M, models, train as T
 from pipeline.config import digest
 
-from .conftest import run_stage, write_experiment
+from .conftest import cli, run_stage, write_experiment
 
 SEED = 0
 
@@ -48,7 +48,7 @@ def real(tmp_path_factory):
                   "--seed", SEED, "--data", f["data"], "--out", f["dense"], env=env))
     _ok(run_stage("prune", "--experiment", experiment, "--dataset", "synthetic", "--arch", "resnet20", "--seed", SEED,
                   "--sparsity", 0.9, "--dense", f["dense"], "--out", f["mask"], env=env))
-    f["cfg"] = C.load(str(experiment))
+    f["cfg"] = C.load(experiment)
     f["store"] = tmp / "mlruns.db"      # cases share it: a fresh store costs ~3 s of CPU to create
     return f
 
@@ -324,7 +324,8 @@ def _in_process(real, fn, tmp: Path, monkeypatch):
     from pipeline.__main__ import main
     argv, named, expect = fn(real, tmp)
     before = named.read_bytes()
-    for k, v in _env(tmp, real["store"]).items():
+    argv, env = cli(argv, _env(tmp, real["store"]))
+    for k, v in env.items():
         monkeypatch.setenv(k, v)
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     err = io_.StringIO()

@@ -22,7 +22,7 @@ from pipeline.__main__ import main
 from pipeline.config import ROOT, read_yaml
 from pipeline.errors import Busy, CorruptFile, Diverged
 
-from .conftest import run_stage, write_experiment
+from .conftest import cli, run_stage, write_experiment
 
 TINY = {"synthetic": {"source": "synthetic", "classes": 10, "train_size": 160, "val_size": 32, "test_size": 32}}
 
@@ -31,12 +31,19 @@ def _main(argv) -> tuple[int, str]:
     """The CLI in this process: (exit status, stderr). Restores what the training stages set process-wide."""
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     err = io_.StringIO()
+    argv, env = cli(argv, {})
+    before = os.environ.get("PIPELINE_CONFIGS")
     try:
+        os.environ.update(env)
         with contextlib.redirect_stderr(err):
-            code = main([str(a) for a in argv])
+            code = main(argv)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det)
+        if before is None:
+            os.environ.pop("PIPELINE_CONFIGS", None)
+        else:
+            os.environ["PIPELINE_CONFIGS"] = before
     return code, err.getvalue()
 
 
@@ -111,7 +118,7 @@ def test_schema_refuses_non_finite_floats(key, section, value, tmp_path):
     path = write_experiment(tmp_path, name="t", **section)
     assert value in path.read_text().lower().replace(".", "")      # YAML's .inf / .nan reached the file
     with pytest.raises(C.ConfigError) as e:
-        C.load(str(path))
+        C.load(path)
     assert str(e.value) == f"{key} = {float(value)!r}: must be a finite number"
 
 
@@ -202,7 +209,7 @@ def test_a_second_copy_of_a_training_job_exits_4_naming_the_first(tmp_path, env)
     experiment = write_experiment(tmp_path, name="t", datasets=TINY)
     data = tmp_path / "data.pt"
     assert _main(["prepare", "--experiment", experiment, "--dataset", "synthetic", "--out", data])[0] == 0
-    cfg = C.load(str(experiment))
+    cfg = C.load(experiment)
     sha = io.read_json(f"{data}.json")["sha256"]
     ckpt = jobs.checkpoint(cfg, "dense", jobs.dense_key(cfg, "synthetic", "resnet20", 0, sha))
     with io.exclusive(ckpt):                                 # the "first copy": this test process
@@ -322,7 +329,7 @@ def reported(tmp_path, env, monkeypatch):
                                   grid={"methods": ["finetune"]})
     runs = tmp_path / "runs" / "t"
     monkeypatch.setattr(R, "_runs", lambda cfg: runs)
-    _fake_runs(runs, C.load(str(experiment)))
+    _fake_runs(runs, C.load(experiment))
     code, err = _main(["report", "--experiment", experiment])
     assert code == 0, err
     out = tmp_path / "results"

@@ -23,7 +23,7 @@ from pipeline import data as D, io, masks as M, models
 from pipeline.config import ROOT, load
 from pipeline.stages import _identity, _prune_key, load_model
 
-from .conftest import run_stage, write_experiment
+from .conftest import cli, run_stage, write_experiment
 
 NAME = "resume"
 DENSE_EPOCHS = 5
@@ -71,7 +71,8 @@ class Job:
 
     def popen(self, env, log) -> subprocess.Popen:
         """Started in the background, its output to the file `log` (a pipe nobody reads could block it)."""
-        return subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, self.args)], cwd=ROOT, env=env,
+        args, env = cli(self.args, env)
+        return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
 
     def outputs(self) -> list[Path]:
@@ -89,7 +90,7 @@ def base(tmp_path_factory):
     _client(f"sqlite:///{empty}")                              # creates the schema
     env = _env(root / "A", empty)
     data = root / "data" / "synthetic.pt"
-    D.prepare(load(str(experiment)), "synthetic", data)         # what the prepare stage writes
+    D.prepare(load(experiment), "synthetic", data)         # what the prepare stage writes
 
     def dense(out):
         return Job("train_dense", out, experiment=experiment, dataset="synthetic", arch="resnet20", seed=0, data=data)
@@ -105,7 +106,7 @@ def imp_base(base):
     b = base
     mask = b["root"] / "A" / "prune" / "mask.pt"
     net, blob = load_model(b["ref"].out)                       # what the prune stage writes
-    cfg, dense_sha = load(str(b["experiment"])), io.sha256(b["ref"].out)
+    cfg, dense_sha = load(b["experiment"]), io.sha256(b["ref"].out)
     io.save({"kind": "mask", **_identity("resnet20", blob["classes"], cfg), "sparsity": SPARSITY,
              "dense_sha256": dense_sha, "job": _prune_key(cfg, dense_sha, SPARSITY),
              "masks": M.global_magnitude(models.prunable(net), SPARSITY)}, mask)

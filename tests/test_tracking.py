@@ -33,7 +33,7 @@ LAUNCHER = textwrap.dedent("""
     from pipeline.tracking import Run
 
     experiment, workers, steps, folder = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
-    cfg = load(experiment)
+    cfg = load(Path(experiment))
 
     def job(i, barrier, ids):
         try:
@@ -102,7 +102,7 @@ def test_parallel_runs_share_one_sqlite_store(tmp_path, env):
 
 def test_exception_marks_run_failed_with_error_tag(tmp_path, env):
     from pipeline.tracking import Run
-    cfg = load(str(write_experiment(tmp_path, name="fails")))
+    cfg = load(write_experiment(tmp_path, name="fails"))
     with pytest.raises(ValueError, match="boom at epoch 3"):
         with Run(cfg, "train_dense", {"dataset": "synthetic", "seed": 0}, {"train": {"epochs": 3}}) as run:
             run.log_metrics({"loss": 1.5}, 1)
@@ -124,7 +124,7 @@ def test_exception_marks_run_failed_with_error_tag(tmp_path, env):
 def test_resumed_run_continues_the_same_run(tmp_path, env):
     """A resumed job (run id from its checkpoint) reopens its own run: RUNNING again, then FINISHED, one run."""
     from pipeline.tracking import Run
-    cfg = load(str(write_experiment(tmp_path, name="resume")))
+    cfg = load(write_experiment(tmp_path, name="resume"))
     first = Run(cfg, "train_dense", {"seed": 0}, {"x": 1})
     first.log_metrics({"val_acc": 0.25}, 1)            # then the job is killed: the run stays RUNNING
     client = _client(env)
