@@ -216,3 +216,19 @@ def test_a_claimed_sparsity_without_a_paired_seed_leaves_the_claim_undecided():
     ft = rows_of(lines, "| fourier_kd vs finetune |")[0]
     # at 0.5 both score the dense accuracy (difference 0, sd 0); 0.9 has no finetune row: no verdict
     assert "**not enough evidence** | s=0.5: +0.00 [+0.00, +0.00] (3 seeds); s=0.9: no seed run by both |" in ft
+
+
+def test_a_claim_of_worse_is_held_by_the_mirror_test():
+    cfg = config(claims=[{"method": "fourier_kd", "baseline": "kd", "direction": "worse"},
+                         {"method": "fourier_kd", "baseline": "finetune", "direction": "worse"}])
+    lines = CL.section(pd.DataFrame(cell_rows()), cfg, {})
+    kd, ft = rows_of(lines, "| fourier_kd vs ")
+    # fourier_kd - kd = -2, -2.5, -3: worse shown, so the claim "worse" is held; against finetune the
+    # opposite (better) is shown
+    assert kd.startswith("| fourier_kd vs kd (claimed worse) | same retraining budget | **held** |")
+    assert ft.startswith("| fourier_kd vs finetune (claimed worse) | same retraining budget | **better** |")
+    across = [ln for ln in lines if ln.startswith("- fourier_kd vs ")]
+    assert across == ["- fourier_kd vs kd (claimed worse): held in 1 of 1 (after Holm across cells: 1); better in 0; "
+                      "no relevant difference in 0; held in every cell: yes",
+                      "- fourier_kd vs finetune (claimed worse): held in 0 of 1 (after Holm across cells: 0); better "
+                      "in 1; no relevant difference in 0; held in every cell: no"]
