@@ -125,8 +125,12 @@ def suite_epoch(T, net, masks: dict | None, loss, batch: int, rt):
         M.apply(weights, masks)
     recipe = T.Recipe([], loss=loss, batch_size=batch)
 
-    def run(data, g: torch.Generator):
-        return T._epoch(model, model, opt, recipe, data, rt, g, 0, weights, masks)
+    def run(data, g: torch.Generator, epoch: int = 0, lr: float | None = None, **hooks):
+        """`lr`: this epoch's; `hooks` (graphs, observe): passed to a `T._epoch` that has them (gpu_check)."""
+        if lr is not None:
+            for pg in opt.param_groups:
+                pg["lr"] = lr
+        return T._epoch(model, model, opt, recipe, data, rt, g, epoch, weights, masks, **hooks)
     return model, run
 
 

@@ -2,8 +2,9 @@
 
 Exit status: 0 done; 2 bad configuration or arguments, the tracking URI included (nothing computed); 3 a
 corrupt, foreign, tampered or missing input file (named in the message); 4 another copy of the same job is
-running (named in the message); 1 anything else (a training loss that became NaN or infinite among them:
-the message names the epoch and step, and no model is written).
+running (named in the message); 5 runtime.cuda_graphs: true and the captured CUDA step failed (with
+`auto` the job continues with eager steps instead); 1 anything else (a training loss that became NaN or
+infinite among them: the message names the epoch and step, and no model is written).
 """
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import argparse
 import sys
 
 from .config import ROOT, ConfigError, load
-from .errors import Busy, CorruptFile, Diverged
+from .errors import Busy, CorruptFile, Diverged, GraphsFailed
 from .progress import log_to
 
 # What the CLI answers, instead of a traceback, for each error a stage raises on purpose.
 EXITS = {ConfigError: ("config error", 2), CorruptFile: ("input error", 3), Busy: ("busy", 4),
-         Diverged: ("training diverged", 1)}
+         Diverged: ("training diverged", 1), GraphsFailed: ("captured CUDA step failed", 5)}
 
 
 def _parser() -> argparse.ArgumentParser:

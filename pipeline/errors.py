@@ -11,3 +11,8 @@ class Busy(RuntimeError):
 
 class Diverged(RuntimeError):
     """Training produced a non-finite loss: the message names the epoch and step (exit status 1)."""
+
+
+class GraphsFailed(RuntimeError):
+    """runtime.cuda_graphs: true and the captured CUDA step failed or disagreed with the eager one (exit
+    status 5; with `auto` the job continues eagerly instead)."""

@@ -110,7 +110,12 @@ def run_training(cfg, stage, recipe, net, data, rt, seed, key, run: Run, cell: s
     def log(step, metrics):
         run.log_metrics(metrics, step)
         progress(step, metrics)
-    out = T.run(recipe, net, data, rt, seed, ckpt, key, log=log, run_id=run.run_id)
+
+    def fell_back(reason):            # the captured step failed: the job went on eagerly (captured.py)
+        run.set_tags({"cuda_graphs": "fallback", "cuda_graphs_reason": reason[:500]})
+    if rt.graphs:
+        run.set_tags({"cuda_graphs": "on"})
+    out = T.run(recipe, net, data, rt, seed, ckpt, key, log=log, run_id=run.run_id, on_fallback=fell_back)
     return out, ckpt, out["seconds"]
 
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import io, masks as M
-from .captured import CapturedStep
+from . import captured
 from .config import full_band_radius
 from .errors import Diverged
 
@@ -33,6 +33,7 @@ class Runtime:
     channels_last: bool
     compile: bool
     graphs: bool = False   # CUDA graphs: the training step captured once per epoch and replayed (captured.py)
+    graphs_strict: bool = False   # runtime.cuda_graphs: true: a failed capture stops the job (auto: eager steps)
 
 
 def set_threads(n: int) -> None:
@@ -57,7 +58,8 @@ def runtime(cfg) -> Runtime:
                    amp=(r.amp == "bf16") or (r.amp == "auto" and cuda),
                    channels_last=(r.channels_last == "on") or (r.channels_last == "auto" and cuda),
                    compile=r.compile,
-                   graphs=cuda and not r.compile and r.cuda_graphs in ("auto", True))
+                   graphs=cuda and not r.compile and r.cuda_graphs in ("auto", True),
+                   graphs_strict=r.cuda_graphs is True)
 
 
 def to_device(model: nn.Module, rt: Runtime) -> nn.Module:
@@ -201,18 +203,23 @@ _clock = time.perf_counter   # the training time's clock (a test replaces it)
 
 
 def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ckpt: Path, key: str,
-        log: Callable[[int, dict], None] = lambda step, m: None, run_id: str | None = None) -> dict:
+        log: Callable[[int, dict], None] = lambda step, m: None, run_id: str | None = None,
+        on_fallback: Callable[[str], None] = lambda reason: None) -> dict:
     """Train through every round; return {"model", "masks", "history", "epochs", "snapshots", "seconds"}.
     A checkpoint is written at `ckpt` after every epoch (atomically) and resumed from if it exists and its
     `key` (a hash of the job's parameters) matches; one with another key is refused, never overwritten.
     "seconds" is the training time of every process that worked on the model (the checkpoint carries the
     time of its completed epochs; an epoch a killed process did not finish is trained, and counted, again).
-    A non-finite loss raises Diverged naming the epoch and step, before that epoch is checkpointed."""
+    A non-finite loss raises Diverged naming the epoch and step, before that epoch is checkpointed.
+    A captured step that fails (captured.py) prints one warning line, calls `on_fallback(reason)` and the job
+    continues eagerly ("cuda_graphs" in the result: "off", "captured" or "fallback: <reason>"); with
+    runtime.cuda_graphs: true it raises GraphsFailed."""
     t0 = _clock()
     model = to_device(model, rt)
     step_model = torch.compile(model) if rt.compile else model
     g = torch.Generator().manual_seed(seed)
     masks = _to(recipe.masks, rt.device)
+    graphs = captured.Graphs(strict=rt.graphs_strict, on_fallback=on_fallback) if rt.graphs else None
     start_round, start_epoch, history, snapshots, levels, before = 0, 0, [], {}, {}, 0.0
     if ckpt.exists():
         state = io.load(ckpt, "checkpoint", keys=("key", "round", "epoch", "model", "optimizer", "rng"))
@@ -251,7 +258,7 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
             lr = lr_at(rnd, epoch)
             for pg in opt.param_groups:
                 pg["lr"] = lr
-            metrics = _epoch(step_model, model, opt, recipe, data, rt, g, epoch, weights, masks)
+            metrics = _epoch(step_model, model, opt, recipe, data, rt, g, epoch, weights, masks, graphs)
             bad = metrics.pop("first_bad_step")
             if not math.isfinite(metrics["train_loss"]):
                 where = f"first at step {bad} of {max(1, len(data.train_y) // recipe.batch_size)}" if bad >= 0 \
@@ -275,8 +282,9 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
                      "snapshots": snapshots, "levels": levels, "run_id": run_id,
                      "train_seconds": before + _clock() - t0}, ckpt)
         state = None
+    mode = "off" if graphs is None else "captured" if graphs.reason is None else f"fallback: {graphs.reason}"
     return {"model": model, "masks": masks, "history": history, "epochs": total_epochs, "snapshots": snapshots,
-            "levels": levels, "seconds": before + _clock() - t0}
+            "levels": levels, "seconds": before + _clock() - t0, "cuda_graphs": mode}
 
 
 def _refuse_other_key(ckpt: Path, found: str, key: str) -> None:
@@ -305,7 +313,10 @@ def _weights(model: nn.Module, masks: dict) -> dict:
     return {n: params[n] for n in masks}
 
 
-def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, epoch, weights, masks) -> dict:
+def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, epoch, weights, masks,
+           graphs: captured.Graphs | None = None, observe: Callable | None = None) -> dict:
+    """One epoch. `graphs`: the job's CUDA-graph state (rt.graphs; None: a fresh one). `observe(i, loss,
+    logits)`: called after every step with its outputs (benchmarks/gpu_check.py records them)."""
     step_model.train()
     n = len(data.train_y)
     loss_sum = torch.zeros((), device=rt.device)
@@ -330,7 +341,9 @@ def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, e
             M.apply(weights, keep)
         return loss, logits, radius
     if rt.graphs:
-        step = CapturedStep(step)
+        graphs = graphs or captured.Graphs(strict=rt.graphs_strict)
+        step = graphs.wrap(step, model, opt, None if weights is None else
+                           {k: (weights[k], masks[k].logical_not()) for k in weights})
     for i in range(steps):
         idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
         x = augment(data.train_x[idx].float().div_(255), flips[i], offs[i])
@@ -338,6 +351,8 @@ def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, e
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         loss, logits, radius = step(x, y)
+        if observe is not None:
+            observe(i, loss, logits)
         loss_sum += loss.detach().float() * len(y)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i, first_bad)
         correct += (logits.argmax(1) == y).sum()

@@ -5,6 +5,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from benchmarks.emulation import FAULTS
 from benchmarks.run import ROWS, write_results
 from pipeline.config import ROOT
 
@@ -104,3 +107,21 @@ def test_gpu_check_writes_what_it_measured_when_a_later_row_fails(tmp_path, monk
     assert set(r["img_per_s"]) == {"resnet20"} and r["errors"] == ["RuntimeError: simulated failure"]
     from pipeline import config as C, plan as P
     assert "the measurement reports errors: RuntimeError: simulated failure" in P.plan(C.load("smoke"), "smoke", r)
+
+
+@pytest.mark.parametrize("fault", [None, *FAULTS])
+@pytest.mark.parametrize("kind", ["dense", "masked", "kd", "fourier_kd"])
+def test_gpu_check_catches_every_wrong_captured_step(kind, fault, capsys):
+    """Under the emulation of CUDA graphs, each fault injected into the captured step fails the capture
+    check (exit 1) and is named; without a fault every check passes (exit 0). A dense step has no mask, so
+    leaving the mask out changes nothing there, and the check must then pass."""
+    from benchmarks import gpu_check as G
+    rc = G.main(["--quick", "--emulate", "--kinds", kind] + (["--inject", fault] if fault else []))
+    out = capsys.readouterr().out
+    if fault is None or (kind, fault) == ("dense", "no_mask"):
+        assert rc == 0, out
+        assert "the captured step agrees with eager on every check" in out
+    else:
+        assert rc == 1, out
+        assert out.strip().splitlines()[-1] == (f"emulated CUDA graphs, the injected fault {fault}: the captured "
+                                                f"step is WRONG: resnet20 {kind}: {fault}")
