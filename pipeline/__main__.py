@@ -13,7 +13,11 @@ import sys
 
 from .config import ROOT, ConfigError, load
 from .errors import Busy, CorruptFile, Diverged, GraphsFailed
-from .progress import log_to
+from .progress import drop_log, log_to, open_log
+
+# Stages holding a job lock (io.exclusive): their --log opens once they hold it, so a refused copy (exit 4)
+# writes nothing to the log of the copy that runs.
+LOCKED = ("train_dense", "retrain", "chain")
 
 # What the CLI answers, instead of a traceback, for each error a stage raises on purpose.
 EXITS = {ConfigError: ("config error", 2), CorruptFile: ("input error", 3), Busy: ("busy", 4),
@@ -64,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    log_to(args.log)
+    log_to(args.log, defer=args.stage in LOCKED)
+    busy = False
     try:
         cfg = load(args.experiment)                 # the whole config is checked before anything else
         if args.threads is not None and args.threads < 1:
@@ -112,8 +117,11 @@ def main(argv=None) -> int:
         return 0
     except tuple(EXITS) as e:
         label, code = next(v for t, v in EXITS.items() if isinstance(e, t))
+        busy = isinstance(e, Busy)
         print(f"{label}: {e}", file=sys.stderr)
         return code
+    finally:
+        drop_log() if busy else open_log()   # a job that ended before its lock (a config error...): its log now
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import Busy, CorruptFile  # noqa: F401 - re-exported: io.CorruptFile is what stages raise
+from .progress import open_log
 
 CHECKSUM = "sha256"   # the key under which `save` embeds the checksum of everything else in the file
 
@@ -265,6 +266,7 @@ def exclusive(path):
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}")
         f.flush()
+        open_log()                # the job's --log opens only now: a refused copy never touches it
         try:
             yield
         finally:

@@ -4,6 +4,7 @@ Snakemake rule has a `log:` file; `tail -f runs/<name>/logs/...` follows a job).
 """
 from __future__ import annotations
 
+import io
 import sys
 import time
 from pathlib import Path
@@ -45,7 +46,7 @@ def note(stage: str, cell: str, text: str) -> None:
 
 class _Tee:
     def __init__(self, *streams):
-        self.streams = streams
+        self.streams = list(streams)
 
     def write(self, s):
         for st in self.streams:
@@ -60,8 +61,40 @@ class _Tee:
         return getattr(self.streams[0], name)
 
 
-def log_to(path: str | None) -> None:
-    """Copy everything written to stderr from here on to `path` (created with its folder; overwritten)."""
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        sys.stderr = _Tee(sys.stderr, open(path, "w", buffering=1))
+_held: tuple[str, _Tee, io.StringIO] | None = None     # a log not opened yet: (path, tee, what it holds back)
+
+
+def log_to(path: str | None, defer: bool = False) -> None:
+    """Copy everything written to stderr from here on to `path` (created with its folder; overwritten).
+    defer: hold it in memory until `open_log()` (a job that must first take its lock: a refused second copy
+    never opens, so never empties, the log of the copy that runs)."""
+    global _held
+    if not path:
+        return
+    held = io.StringIO()
+    sys.stderr = tee = _Tee(sys.stderr, held)
+    _held = (path, tee, held)
+    if not defer:
+        open_log()
+
+
+def open_log() -> None:
+    """Open the held log file: what was held back first, then live (nothing happens without a held log)."""
+    global _held
+    if _held is None:
+        return
+    path, tee, held = _held
+    _held = None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "w", buffering=1)
+    f.write(held.getvalue())
+    tee.streams[tee.streams.index(held)] = f
+
+
+def drop_log() -> None:
+    """Never open the held log (this copy was refused: the file belongs to the copy that runs)."""
+    global _held
+    if _held is not None:
+        _, tee, held = _held
+        tee.streams.remove(held)
+        _held = None

@@ -212,11 +212,19 @@ def test_a_second_copy_of_a_training_job_exits_4_naming_the_first(tmp_path, env)
     cfg = C.load(experiment)
     sha = io.read_json(f"{data}.json")["sha256"]
     ckpt = jobs.checkpoint(cfg, "dense", jobs.dense_key(cfg, "synthetic", "resnet20", 0, sha))
+    log = tmp_path / "logs" / "dense.log"
+    log.parent.mkdir()
+    log.write_text("[train_dense t] epoch 1/2 ...\n")        # the running copy's log so far
     with io.exclusive(ckpt):                                 # the "first copy": this test process
         code, err = _main(["train_dense", "--experiment", experiment, "--dataset", "synthetic", "--arch",
-                           "resnet20", "--seed", 0, "--data", data, "--out", tmp_path / "out" / "model.pt"])
+                           "resnet20", "--seed", 0, "--data", data, "--out", tmp_path / "out" / "model.pt",
+                           "--log", log])
     assert code == 4, err
     assert f"busy: {ckpt}: another copy of this job is running (pid {os.getpid()} on" in err
+    assert log.read_text() == "[train_dense t] epoch 1/2 ...\n"   # the refused copy wrote nothing to it
+    with io.exclusive(tmp_path / "other.pt"):                # a later lock in this process opens no stale log
+        pass
+    assert log.read_text() == "[train_dense t] epoch 1/2 ...\n"
     assert not (tmp_path / "out").exists() and not ckpt.exists()
     client = _client(env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("t")

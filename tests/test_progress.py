@@ -49,3 +49,23 @@ def test_invocation_names_the_tool_that_started_the_job(tmp_path):
     r = subprocess.run([str(tool)], cwd=ROOT, capture_output=True, text=True, check=True)
     name, pid = r.stdout.split()
     assert name == "snakemake" and pid.split("-")[0].isdigit()
+
+
+def test_a_deferred_log_opens_only_when_asked_with_what_was_held_back(tmp_path, monkeypatch):
+    terminal = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    log = tmp_path / "job.log"
+    log.write_text("the running copy's lines\n")
+    progress.log_to(str(log), defer=True)
+    print("before the lock", file=sys.stderr)
+    assert log.read_text() == "the running copy's lines\n"          # untouched until the lock is held
+    progress.open_log()
+    print("after the lock", file=sys.stderr)
+    sys.stderr.flush()
+    assert log.read_text() == "before the lock\nafter the lock\n"
+    assert terminal.getvalue() == "before the lock\nafter the lock\n"
+    progress.log_to(str(tmp_path / "refused.log"), defer=True)
+    print("busy", file=sys.stderr)
+    progress.drop_log()
+    progress.open_log()                                             # nothing held any more: no file
+    assert not (tmp_path / "refused.log").exists()
