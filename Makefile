@@ -1,6 +1,10 @@
 # Every target installs what it needs on its own (idempotent): a fresh clone needs only `make smoke` or
-# `make test`. torch/torchvision are pinned; pip takes them from a local wheel cache where one exists.
+# `make test`. pyproject.toml states the supported ranges; LOCK (constraints.txt: the versions the results
+# were made with) pins every package by default. `make install LOCK=` resolves the ranges instead, keeping a
+# torch that is already installed (with VENV_ARGS=--system-site-packages: the machine's own, e.g. a cluster's).
 VENV    ?= .venv
+LOCK    ?= constraints.txt
+VENV_ARGS ?=
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -11,15 +15,16 @@ EXPERIMENT ?= smoke
 FAST_TESTS := tests/test_config.py tests/test_dag.py tests/test_frequency.py tests/test_masks.py \
               tests/test_methods.py tests/test_spectral.py tests/test_tracking.py tests/test_figures.py \
               tests/test_progress.py tests/test_mlflow_runs.py tests/test_readme.py tests/test_verdicts.py \
-              tests/test_train_step.py tests/test_captured.py tests/test_plan.py tests/test_resources.py
+              tests/test_train_step.py tests/test_captured.py tests/test_plan.py tests/test_resources.py \
+              tests/test_versions.py
 
 .PHONY: install smoke reproduce reproduce-slurm test test-fast ui bench dvc-smoke dvc-adopt clean-smoke publish dag
 
 install: $(STAMP)
-$(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+$(STAMP): pyproject.toml $(LOCK)
+	test -x $(PY) || python3 -m venv $(VENV_ARGS) $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' $(if $(LOCK),-c $(LOCK))
 	touch $(STAMP)
 
 smoke: $(STAMP)          ## the whole DAG on the smoke experiment; report in runs/smoke/report/ (git stays clean)

@@ -28,14 +28,17 @@ def checkpoint(cfg: Config, stage: str, key: str) -> Path:
 
 
 def hardware() -> str:
+    """The device a job ran on, and the torch and CUDA versions it ran with (metrics.json, the report's
+    Hardware line): pyproject allows a range of torch versions, so a result says which one made it."""
+    versions = f"torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}"
     if torch.cuda.is_available():
-        return f"cuda:{torch.cuda.get_device_name()}"
+        return f"cuda:{torch.cuda.get_device_name()}; {versions}"
     name = platform.machine()
     try:
         name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"cpu:{name}, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s) per job"
+    return f"cpu:{name}, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s) per job; {versions}"
 
 
 def check_job(cfg: Config, dataset=None, arch=None, seed=None, sparsity=None, method=None) -> None:

@@ -68,8 +68,8 @@ def project_copy(dest: Path) -> Path:
     files (make, snakemake, dvc, export_dvc) run there, never in the checkout. Returns `dest`."""
     import shutil
     dest.mkdir(parents=True, exist_ok=True)
-    for f in ("Snakefile", "params.yaml", "dvc.yaml", "dvc.params.yaml", "Makefile", "pyproject.toml", ".gitignore",
-              ".dvcignore"):
+    for f in ("Snakefile", "params.yaml", "dvc.yaml", "dvc.params.yaml", "Makefile", "pyproject.toml", "constraints.txt",
+              ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / f, dest / f)
     for d in ("pipeline", "configs", "docs", "benchmarks", ".dvc"):
         shutil.copytree(ROOT / d, dest / d, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp", "config.local"))
