@@ -16,3 +16,7 @@ class Diverged(RuntimeError):
 class GraphsFailed(RuntimeError):
     """runtime.cuda_graphs: true and the captured CUDA step failed or disagreed with the eager one (exit
     status 5; with `auto` the job continues eagerly instead)."""
+
+
+class NoSpace(RuntimeError):
+    """The disk is full: the message names the file, the bytes it needs and the bytes free (exit status 6)."""

@@ -9,18 +9,20 @@ reading stage relies on (arch, width, classes, the producing job's parameters di
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import math
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
 
 import torch
 
-from .errors import Busy, CorruptFile  # noqa: F401 - re-exported: io.CorruptFile is what stages raise
+from .errors import Busy, CorruptFile, NoSpace  # noqa: F401 - re-exported: io.CorruptFile is what stages raise
 from .progress import open_log
 
 CHECKSUM = "sha256"   # the key under which `save` embeds the checksum of everything else in the file
@@ -32,20 +34,63 @@ def _umask() -> int:
     return mask
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write, size: int) -> None:
+    """`write(f)` into a temp file beside `path`, then renamed onto it. `size`: about how many bytes it
+    writes, for the message when the disk is full."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~_umask())     # mkstemp makes 0600; an output honours the umask like open()
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if _disk_full(e):
+            raise NoSpace(f"{path}: no space left on the device: writing it needs about {size:,} bytes, "
+                          f"{_free(path.parent):,} bytes are free there; free some space (or move runs/ with "
+                          f"PIPELINE_RUNS / the outputs elsewhere) and rerun: completed outputs and the last "
+                          f"checkpoint are kept") from None
         raise
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    """ENOSPC (or a full quota) anywhere in the chain: torch.save reports it as a RuntimeError
+    ("unexpected pos ...") whose cause or context is the OSError."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _free(folder: Path) -> int:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def _nbytes(obj) -> int:
+    """About the size of `obj` saved: its tensors' bytes (the rest is small)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values()) + 64 * len(obj)
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj) + 8 * len(obj)
+    return 64
 
 
 def content_sha256(obj) -> str:
@@ -79,11 +124,12 @@ def save(obj: dict, path) -> None:
     """torch.save of a dict with its content checksum embedded (verified by `load`), atomically."""
     obj = {k: v for k, v in obj.items() if k != CHECKSUM}
     obj[CHECKSUM] = content_sha256(obj)
-    _atomic(path, lambda f: torch.save(obj, f))
+    _atomic(path, lambda f: torch.save(obj, f), _nbytes(obj) + 1024)
 
 
 def write_text(path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text.encode()))
+    data = text.encode()
+    _atomic(path, lambda f: f.write(data), len(data))
 
 
 DIGEST = "content_sha256"   # the key under which `write_json` embeds the digest of a JSON object's other keys

@@ -222,7 +222,7 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
     graphs = captured.Graphs(strict=rt.graphs_strict, on_fallback=on_fallback) if rt.graphs else None
     start_round, start_epoch, history, snapshots, levels, before = 0, 0, [], {}, {}, 0.0
     if ckpt.exists():
-        state = io.load(ckpt, "checkpoint", keys=("key", "round", "epoch", "model", "optimizer", "rng"))
+        state = load_checkpoint(ckpt, keys=("key", "round", "epoch", "model", "optimizer", "rng"))
         _refuse_other_key(ckpt, state["key"], key)
         model.load_state_dict(state["model"])
         masks = _to(state["masks"], rt.device)
@@ -293,12 +293,25 @@ def _refuse_other_key(ckpt: Path, found: str, key: str) -> None:
                              f"{key}); move it away to start over")
 
 
+def load_checkpoint(ckpt: Path, keys) -> dict:
+    """A job's own checkpoint. Damaged, it is no output to rebuild: the message says to delete it, which
+    restarts the job from its inputs (the last good outputs before it), not "rerun the stage that writes it"
+    (this very job, which would read it again)."""
+    try:
+        return io.load(ckpt, "checkpoint", keys=keys)
+    except io.CorruptFile as e:
+        why = str(e).removesuffix("; rerun the stage that writes it")
+        raise io.CorruptFile(f"{why}. It is this job's own checkpoint, not an input: delete it (rm {ckpt}) and "
+                             f"rerun the job; it restarts from its inputs, the last good outputs before it, and "
+                             f"trains its epochs again") from None
+
+
 def checkpoint_run_id(ckpt: Path, key: str | None = None) -> str | None:
     """The MLflow run a killed job had started, so that its resume continues the same run. With `key`, a
     checkpoint of other parameters is refused here, before its MLflow run is touched."""
     if not ckpt.exists():
         return None
-    state = io.load(ckpt, "checkpoint", keys=("key", "run_id"))
+    state = load_checkpoint(ckpt, keys=("key", "run_id"))
     if key is not None:
         _refuse_other_key(ckpt, state["key"], key)
     return state.get("run_id")
