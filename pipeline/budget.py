@@ -59,11 +59,15 @@ def chain_targets(levels: list[float], rounds: int) -> list[tuple[float, float |
 
 
 # The kind of training step each method runs; its measured img/s prices its epochs. fourier_kd and its
-# reverse run the two-student-pass step ("fourier_kd": filter + teacher + 2 student passes) until the full
-# band and the plain kd step after; freq_ce (one filtered student pass, no teacher) is priced as a masked step
-# (its FFT is 0.2% of a step, benchmarks/README.md); gmp trains with a mask from its first pruning epoch on.
+# curriculum controls (anti, shuffled: the same radii in another order, so the same number of filtered epochs;
+# reverse) run the two-student-pass step ("fourier_kd": filter + teacher + 2 student passes) until the full
+# band and the plain kd step after (with distill.filtered = teacher the student runs once: the kd step plus an
+# FFT, 0.2% of a step, benchmarks/README.md). freq_ce makes the same two student passes without the teacher's
+# forward pass: priced as the fourier_kd step, an upper bound (no step of its own is measured). gmp trains with
+# a mask from its first pruning epoch on.
+CURRICULA = ("fourier_kd", "fourier_kd_anti", "fourier_kd_shuffled", "fourier_kd_reverse", "freq_ce")
 STEP = {"dense": "dense", "finetune": "masked", "finetune_layerwise": "masked", "random": "masked",
-        "kd": "kd", "fourier_kd": "fourier_kd", "fourier_kd_reverse": "fourier_kd", "freq_ce": "masked",
+        "kd": "kd", **{m: "fourier_kd" for m in CURRICULA},
         "imp": "masked", "lth": "masked", "lth_init": "masked", "lr_rewind": "masked", "gmp": "masked"}
 
 
@@ -72,9 +76,12 @@ def method_epochs(cfg: Config, method: str, levels: list[float] | None = None) -
     the iterative methods, the chain through `levels` (default: one target, the per-target schedule)."""
     c = cfg
     one_shot = c.retrain.epochs
-    if method in ("fourier_kd", "fourier_kd_reverse"):
+    if method in CURRICULA:
         filtered = min(one_shot, math.ceil(round(c.distill.full_band_at * one_shot, 9)))
-        return [("fourier_kd", filtered), ("kd", one_shot - filtered)]
+        full = "masked" if method == "freq_ce" else "kd"          # freq_ce at the full band: one CE pass
+        if method != "freq_ce" and c.distill.filtered == "teacher":
+            return [("kd", one_shot)]
+        return [("fourier_kd", filtered), (full, one_shot - filtered)]
     imp_rounds = len(chain_targets(levels or [0.5], c.imp.rounds))
     lth_rounds = len(chain_targets(levels or [0.5], c.lth.rounds))
     per = {"imp": imp_rounds * c.imp.epochs_per_round,

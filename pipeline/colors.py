@@ -1,5 +1,5 @@
 """One colour per method, the same in every figure, in the report and in the MLflow UI (tag mlflow.runColor).
-Hex strings (matplotlib's tab20 palette), so that tracking can use them without importing matplotlib. A method
+Hex strings (matplotlib's tab20 palette, tab20b where it ran out), so that tracking can use them without importing matplotlib. A method
 not listed here (added later) gets FALLBACK."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ COLORS = {  # the paper's method (red) and its controls in related shades; the t
     "dense": "#000000", "pruned": "#7f7f7f",
     "finetune": "#1f77b4", "finetune_layerwise": "#aec7e8", "random": "#e377c2",
     "kd": "#ff7f0e", "fourier_kd": "#d62728", "fourier_kd_reverse": "#ff9896", "freq_ce": "#ffbb78",
+    "fourier_kd_anti": "#ad494a", "fourier_kd_shuffled": "#e7969c",     # tab20b's reds: more controls
     "imp": "#2ca02c", "lth": "#9467bd", "lth_init": "#c5b0d5", "lr_rewind": "#8c564b", "gmp": "#17becf",
     # the pruning signature's variants (spectral only)
     "pruned_bn": "#c7c7c7", "random_mask": "#f7b6d2", "random_mask_bn": "#dbdb8d",

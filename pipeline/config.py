@@ -28,6 +28,7 @@ SOURCES = ("torchvision", "imagefolder", "synthetic")
 TORCHVISION_DATASETS = ("cifar10", "cifar100")
 SCHEDULES = ("linear", "step", "cosine")
 FILTERS = ("circle", "square")
+FILTERED = ("both", "student", "teacher")   # distill.filtered: who sees the filtered batch in the teacher's term
 
 
 class ConfigError(ValueError):
@@ -98,6 +99,7 @@ class DistillCfg:
     schedule: str = "linear"
     steps: int = 4
     filter: str = "circle"
+    filtered: str = "both"
 
 
 @dataclass
@@ -450,6 +452,7 @@ def _check(c: Config) -> None:
     _need(d.schedule in SCHEDULES, "distill.schedule", d.schedule, f"one of {SCHEDULES}")
     _need(d.steps >= 1, "distill.steps", d.steps, "a positive integer")
     _need(d.filter in FILTERS, "distill.filter", d.filter, f"one of {FILTERS}")
+    _need(d.filtered in FILTERED, "distill.filtered", d.filtered, f"one of {FILTERED}")
     for sec in ("imp", "lth"):
         _need(getattr(c, sec).rounds >= 1, f"{sec}.rounds", getattr(c, sec).rounds, "a positive integer")
     _need(c.imp.epochs_per_round > 0, "imp.epochs_per_round", c.imp.epochs_per_round, "a positive integer")

@@ -110,3 +110,26 @@ def reverse_radius_at(epoch: int, epochs: int, start: float, full_band_at: float
     on the mirror of the low-pass schedule, then the full band (no filtering)."""
     r = radius_at(epoch, epochs, start, full_band_at, schedule, steps, size)
     return FULL_BAND if math.isinf(r) else math.hypot(size // 2, size // 2) - r
+
+
+def radii(epochs: int, start: float, full_band_at: float, schedule: str = "linear", steps: int = 4,
+          size: int = 32) -> list[float]:
+    """The paper's low-pass curriculum, one radius per epoch (radius_at at epochs 0 .. epochs - 1)."""
+    return [radius_at(e, epochs, start, full_band_at, schedule, steps, size) for e in range(epochs)]
+
+
+def anti_radii(epochs: int, start: float, full_band_at: float, schedule: str = "linear", steps: int = 4,
+               size: int = 32) -> list[float]:
+    """fourier_kd_anti: the same low-pass radii in reverse order (the full band first, ending at `start`).
+    Unlike the high-pass reverse curriculum, every epoch keeps as much of the image as some epoch of the paper's:
+    only the order changes."""
+    return radii(epochs, start, full_band_at, schedule, steps, size)[::-1]
+
+
+def shuffled_radii(epochs: int, start: float, full_band_at: float, schedule: str = "linear", steps: int = 4,
+                   seed: int = 0, size: int = 32) -> list[float]:
+    """fourier_kd_shuffled: the same low-pass radii, one per epoch, in a random order drawn from `seed`
+    (a permutation: the same radii, as often each, only the order is random)."""
+    r = radii(epochs, start, full_band_at, schedule, steps, size)
+    order = torch.randperm(len(r), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [r[i] for i in order]

@@ -102,9 +102,10 @@ def main_table(summary: pd.DataFrame, ds: str, arch: str) -> str:
                  f"training seconds per model (mean over seeds and sparsities) on {', '.join(sorted(df.hardware.unique()))}"
                  ". imp, lth and lth_init run ONE chain per dense network through every sparsity: a level's "
                  "epochs (and rounds, in summary.csv) are what the chain had spent when it reached that sparsity"
-                 ". Equal budget means equal epochs and schedule, not equal compute: fourier_kd and "
-                 "fourier_kd_reverse make two student passes per step (the filtered batch for the KL term, the "
-                 "unfiltered batch for the cross-entropy) until the radius reaches the full band, then one.")
+                 ". Equal budget means equal epochs and schedule, not equal compute: fourier_kd, its "
+                 "curriculum controls and freq_ce make two student passes per step (the filtered batch for the "
+                 "teacher's term or freq_ce's filtered cross-entropy, the unfiltered batch for the cross-entropy) "
+                 "until the radius reaches the full band, then one.")
     return "\n".join(lines)
 
 

@@ -57,14 +57,15 @@ def test_paper_grid_plans_every_stage_and_cell():
 
 def test_rules_pass_only_the_sections_a_method_reads():
     """Each method's exact keys: all of distill.* for the Fourier curricula, T and alpha for kd, the radius
-    schedule without T or alpha for freq_ce (so changing T reruns exactly the teacher-using methods)."""
+    schedule and alpha without T for freq_ce (so changing T reruns exactly the teacher-using methods)."""
     jobs = [j for j in snakemake_jobs("smoke") if j["rule"] == "retrain"]
     with_distill = {j["wildcards"]["method"] for j in jobs if "distill" in j["params"]}
-    assert with_distill == {"fourier_kd", "fourier_kd_reverse"}
+    assert with_distill == {"fourier_kd", "fourier_kd_anti", "fourier_kd_shuffled", "fourier_kd_reverse"}
     params = {j["wildcards"]["method"]: j["params"] for j in jobs}
     assert [p for p in params["kd"] if p.startswith("distill")] == ["distill.T", "distill.alpha"]
     assert [p for p in params["freq_ce"] if p.startswith("distill")] == [
-        "distill.filter", "distill.full_band_at", "distill.radius_start", "distill.schedule", "distill.steps"]
+        "distill.alpha", "distill.filter", "distill.full_band_at", "distill.radius_start", "distill.schedule",
+        "distill.steps"]
 
 
 def test_dvc_params_read_the_merged_config():

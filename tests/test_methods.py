@@ -150,7 +150,8 @@ def test_one_shot_methods_spend_their_budget(trained, method):
     assert res["epochs"] == expected and [h["round"] for h in res["history"]] == [0] * expected
 
 
-@pytest.mark.parametrize("method", ["finetune", "kd", "fourier_kd", "fourier_kd_reverse", "freq_ce", "lr_rewind"])
+@pytest.mark.parametrize("method", ["finetune", "kd", "fourier_kd", "fourier_kd_anti", "fourier_kd_shuffled",
+                                    "fourier_kd_reverse", "freq_ce", "lr_rewind"])
 def test_mbp_methods_keep_the_given_mask(trained, method):
     res, _, ctx = trained(method)
     assert all(torch.equal(res["masks"][n], ctx.mask[n]) for n in ctx.mask)
@@ -345,14 +346,97 @@ def test_kd_and_fourier_kd_at_the_full_band_make_one_student_pass_on_the_unfilte
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_freq_ce_is_cross_entropy_on_the_low_passed_batch_without_a_teacher(data):
-    teacher, student = Recorder(1), Recorder(2)
-    ctx = dataclasses.replace(context(), teacher=teacher)
+def test_freq_ce_differs_from_fourier_kd_only_in_the_teachers_term(data):
+    """The same student, batch and epoch through both losses: the student sees the same inputs in the same
+    order and gives the same logits; the teacher is never called by freq_ce; and the two losses differ by
+    exactly alpha (T^2 KL(teacher || student on the filtered batch) - CE(student on the filtered batch))."""
+    d = CFG.distill
     x, y = _batch()
-    loss, logits, r = MT.METHODS["freq_ce"](ctx).loss(student, x, y, 0, data.normalize)
-    assert r == CFG.distill.radius_start and teacher.calls == []
-    assert len(student.calls) == 1 and torch.equal(student.calls[0][0], data.normalize(fq.lowpass(x, r)))
+    runs = {}
+    for method in ("fourier_kd", "freq_ce"):
+        teacher, student = Recorder(1), Recorder(2)
+        ctx = dataclasses.replace(context(), teacher=teacher)
+        runs[method] = (MT.METHODS[method](ctx).loss(student, x, y, 0, data.normalize), teacher, student)
+    (l_kd, logits_kd, r_kd), teacher, s_kd = runs["fourier_kd"]
+    (l_ce, logits_ce, r_ce), unused, s_ce = runs["freq_ce"]
+    assert r_kd == r_ce == d.radius_start and unused.calls == [] and len(teacher.calls) == 1
+    filtered = data.normalize(fq.lowpass(x, r_kd))
+    assert len(s_ce.calls) == len(s_kd.calls) == 2
+    for (a, la), (b, lb), want in zip(s_kd.calls, s_ce.calls, (filtered, data.normalize(x))):
+        assert torch.equal(a, want) and torch.equal(b, want) and torch.equal(la, lb)
+    assert torch.equal(logits_kd, logits_ce)                    # logged accuracy on the same unfiltered logits
+    sf, s = s_ce.calls[0][1].double(), s_ce.calls[1][1].double()
+    ce_f, ce = torch.nn.functional.cross_entropy(sf, y), torch.nn.functional.cross_entropy(s, y)
+    assert l_ce.item() == pytest.approx((d.alpha * ce_f + (1 - d.alpha) * ce).item(), rel=1e-6)
+    by_hand = _kd_by_hand(teacher.calls[0][1], sf, s, y, d.T, d.alpha)
+    assert l_kd.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    kl_term = by_hand - (1 - d.alpha) * ce                      # alpha T^2 KL, the teacher's term
+    assert (l_kd - l_ce).item() == pytest.approx((kl_term - d.alpha * ce_f).item(), rel=1e-4, abs=1e-6)
+    assert (l_kd - l_ce).abs().item() > 1e-3                    # the terms differ: the check is not vacuous
+
+
+def test_freq_ce_at_the_full_band_is_plain_cross_entropy_in_one_pass(data):
+    student = Recorder(2)
+    x, y = _batch()
+    loss, logits, r = MT.METHODS["freq_ce"](context()).loss(student, x, y, 1, data.normalize)
+    assert math.isinf(r) and len(student.calls) == 1 and torch.equal(student.calls[0][0], data.normalize(x))
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits.double(), y).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("filtered,teacher_sees,student_sees", [
+    ("both", "filtered", ["filtered", "unfiltered"]),
+    ("student", "unfiltered", ["filtered", "unfiltered"]),
+    ("teacher", "filtered", ["unfiltered"])])
+def test_distill_filtered_says_which_network_sees_the_filtered_batch(data, filtered, teacher_sees, student_sees):
+    teacher, student = Recorder(1), Recorder(2)
+    cfg = replace(CFG, distill={"filtered": filtered})
+    ctx = dataclasses.replace(context(cfg), teacher=teacher)
+    x, y = _batch()
+    loss, logits, r = MT.METHODS["fourier_kd"](ctx).loss(student, x, y, 0, data.normalize)
+    batch = {"filtered": data.normalize(fq.lowpass(x, r)), "unfiltered": data.normalize(x)}
+    assert r == CFG.distill.radius_start and len(teacher.calls) == 1
+    assert torch.equal(teacher.calls[0][0], batch[teacher_sees])
+    assert len(student.calls) == len(student_sees)
+    assert all(torch.equal(c[0], batch[k]) for c, k in zip(student.calls, student_sees))
+    assert torch.equal(logits, student.calls[-1][1])             # cross-entropy: the unfiltered batch
+    d = CFG.distill
+    expected = _kd_by_hand(teacher.calls[0][1], student.calls[0][1], student.calls[-1][1], y, d.T, d.alpha)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_distill_filtered_is_checked():
+    raw = config.merged_raw("smoke")
+    raw["distill"]["filtered"] = "neither"
+    with pytest.raises(config.ConfigError, match="distill.filtered = 'neither'"):
+        config.validate(raw)
+
+
+def _radii(method, cfg, seed=0):
+    """The radius each epoch of `method`'s recipe filters with (what its loss reports, epoch by epoch)."""
+    ctx = dataclasses.replace(context(cfg), teacher=Recorder(1), seed=seed)
+    loss = MT.METHODS[method](ctx).loss
+    x, y = _batch()
+    return [loss(Recorder(2), x, y, e, lambda v: v)[2] for e in range(cfg.retrain.epochs)]
+
+
+def test_fourier_kd_anti_runs_fourier_kds_radii_in_reverse_order():
+    cfg = replace(CFG, retrain={"epochs": 4}, distill={"full_band_at": 0.5, "schedule": "linear"})
+    mid = 4 + (math.hypot(16, 16) - 4) / 2                      # epoch 1 of 2 rising epochs, by hand
+    assert _radii("fourier_kd", cfg) == pytest.approx([4, mid, math.inf, math.inf])
+    assert _radii("fourier_kd_anti", cfg) == pytest.approx([math.inf, math.inf, mid, 4])
+    long = replace(CFG, retrain={"epochs": 11}, distill={"full_band_at": 0.7, "schedule": "cosine"})
+    assert _radii("fourier_kd_anti", long) == _radii("fourier_kd", long)[::-1]
+
+
+def test_fourier_kd_shuffled_runs_a_seeded_permutation_of_fourier_kds_radii():
+    cfg = replace(CFG, retrain={"epochs": 10}, distill={"full_band_at": 0.7})
+    paper = _radii("fourier_kd", cfg)
+    orders = {seed: _radii("fourier_kd_shuffled", cfg, seed) for seed in range(3)}
+    for seed, r in orders.items():
+        assert sorted(r) == sorted(paper)                        # the same radii, as often each
+        assert r == _radii("fourier_kd_shuffled", cfg, seed)     # the same seed, the same order
+        assert r == fq.shuffled_radii(10, 4.0, 0.7, seed=seed)
+    assert len({tuple(r) for r in orders.values()} | {tuple(paper)}) == 4   # orders differ by seed
 
 
 def test_kd_recipe_equals_fourier_kd_recipe_once_the_schedule_is_full(data):

@@ -39,6 +39,20 @@ def test_epochs_per_method_follow_the_recipes():
         P.method_epochs(paper, "magic")
 
 
+def test_epochs_of_the_curriculum_controls():
+    """anti and shuffled filter as many epochs as fourier_kd (the same radii in another order); freq_ce makes
+    fourier_kd's two student passes (priced as that step, an upper bound: no teacher) and one CE pass at the
+    full band; with distill.filtered = teacher the student runs once: kd steps throughout."""
+    import dataclasses
+    paper = C.load(None)
+    for m in ("fourier_kd_anti", "fourier_kd_shuffled", "fourier_kd_reverse"):
+        assert P.method_epochs(paper, m) == [("fourier_kd", 28), ("kd", 12)]
+    assert P.method_epochs(paper, "freq_ce") == [("fourier_kd", 28), ("masked", 12)]
+    teacher_only = dataclasses.replace(paper, distill=dataclasses.replace(paper.distill, filtered="teacher"))
+    assert P.method_epochs(teacher_only, "fourier_kd_anti") == [("kd", 40)]
+    assert P.method_epochs(teacher_only, "freq_ce") == [("fourier_kd", 28), ("masked", 12)]
+
+
 def test_split_sizes():
     assert P.split_sizes(C.load("smoke"), "synthetic") == (1152 - 128, 256)
     assert P.split_sizes(C.load(None), "cifar10") == (45000, 10000)
