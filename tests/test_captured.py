@@ -147,6 +147,8 @@ def test_a_job_whose_capture_raises_finishes_eagerly_with_the_tag(tmp_path, env,
     tiny = {"synthetic": {"source": "synthetic", "classes": 10, "train_size": 160, "val_size": 32, "test_size": 32}}
     experiment = write_experiment(tmp_path, name="t", datasets=tiny, train={"epochs": 2, "batch_size": 16},
                                   runtime={"cuda_graphs": setting})
+    monkeypatch.setenv("PIPELINE_CONFIGS", str(experiment.parent))     # --experiment t: tmp_path/t.yaml
+    experiment = experiment.stem
     runtime = T.runtime
     monkeypatch.setattr(T, "runtime", lambda cfg: replace(runtime(cfg), graphs=True))   # as on CUDA
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
