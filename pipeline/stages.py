@@ -41,10 +41,7 @@ def train_dense(cfg: Config, dataset: str, arch: str, seed: int, data: str, out:
             Run(cfg, "train_dense", tags, params, resumed_run_id(cfg, "dense", key)) as run:
         dd = T.Data(blob, rt.device)
         net = models.build(arch, dd.classes, cfg.model.width, seed)
-        t = cfg.train
-        recipe = T.Recipe([T.Round(t.epochs, t.lr, t.lr_drops, t.gamma)], momentum=t.momentum,
-                          weight_decay=t.weight_decay, batch_size=t.batch_size, snapshots=t.save_epochs)
-        res, ckpt, secs = run_training(cfg, "dense", recipe, net, dd, rt, seed, key, run,
+        res, ckpt, secs = run_training(cfg, "dense", MT.dense_recipe(cfg), net, dd, rt, seed, key, run,
                                        f"{dataset}/{arch} seed{seed}")
         finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, key, extra_files={
             "snapshots.pt": {"kind": "snapshots", **identity(arch, dd.classes, cfg), "job": key,
@@ -91,9 +88,7 @@ def retrain(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, me
     with io.exclusive(checkpoint(cfg, "retrain", key)), \
             Run(cfg, "retrain", tags, params, resumed_run_id(cfg, "retrain", key)) as run:
         dd = T.Data(blob, rt.device)
-        teacher = T.to_device(teacher, rt).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        teacher = T.to_device(teacher, rt)          # frozen by the Context (methods/base.py) for distillation
         ctx = MT.Context(cfg, sparsity, seed, {k: v for k, v in teacher.state_dict().items()},
                          base_mask, snaps, teacher if method in MT.NEEDS_TEACHER else None)
         recipe = MT.METHODS[method](ctx)

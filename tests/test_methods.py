@@ -34,12 +34,17 @@ def net(seed=0):
     return models.build("resnet20", classes=4, width=0.25, seed=seed)
 
 
+def tiny_data(train: int, val: int, test: int) -> T.Data:
+    """4 synthetic classes: train and val images from one draw, test images from another."""
+    tx, ty = D.synthetic(4, train + val, seed=1)
+    ex, ey = D.synthetic(4, test, seed=2)
+    return T.Data({"train_x": tx[:train], "train_y": ty[:train], "val_x": tx[train:], "val_y": ty[train:],
+                   "test_x": ex, "test_y": ey, "classes": ["a", "b", "c", "d"]}, "cpu")
+
+
 @pytest.fixture(scope="module")
 def data() -> T.Data:
-    tx, ty = D.synthetic(4, N_TRAIN + 16, seed=1)
-    ex, ey = D.synthetic(4, 16, seed=2)
-    return T.Data({"train_x": tx[:N_TRAIN], "train_y": ty[:N_TRAIN], "val_x": tx[N_TRAIN:], "val_y": ty[N_TRAIN:],
-                   "test_x": ex, "test_y": ey, "classes": ["a", "b", "c", "d"]}, "cpu")
+    return tiny_data(N_TRAIN, 16, 16)
 
 
 def context(cfg=CFG) -> MT.Context:

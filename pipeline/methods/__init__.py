@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..catalog import CATALOG, EQUAL_BUDGET, NEEDS_TEACHER  # noqa: F401
 from . import distill, iterative, oneshot
-from .base import Context  # noqa: F401
+from .base import Context, dense_recipe, freeze  # noqa: F401
 from .distill import filtered_ce, kd_loss  # noqa: F401
 from .iterative import gmp_epochs, rewind_epoch  # noqa: F401
 

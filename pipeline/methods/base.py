@@ -1,5 +1,6 @@
-"""What every method's recipe is built from: the Context a method may read, and the one-shot recipe
-(load the trained dense weights, apply a mask, retrain with the shared retraining budget)."""
+"""What every method's recipe is built from: the Context a method may read (its teacher frozen), the dense
+schedule (the dense stage, lr_rewind and gmp train with it), and the one-shot recipe (load the trained dense
+weights, apply a mask, retrain with the shared retraining budget)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,6 +23,21 @@ class Context:
     teacher: torch.nn.Module | None = None
     levels: list[float] | None = None    # iterative methods: every sparsity one shared chain passes (None: one)
 
+    def __post_init__(self):
+        # Frozen here, where every path (the retrain stage, benchmarks, tests) hands a method its teacher.
+        if self.teacher is not None:
+            freeze(self.teacher)
+
+
+def freeze(teacher: torch.nn.Module) -> torch.nn.Module:
+    """The dense teacher as distillation needs it (Hinton et al. 2015: a fixed network): eval mode, so its
+    batch norm uses its own running statistics and never updates them on distillation batches, and no
+    gradients. Returns it."""
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
 
 def load(model, state):
     """Set the model to `state` (keeping the device)."""
@@ -32,6 +48,17 @@ def recipe(cfg, rounds, **kw) -> Recipe:
     """A recipe with the dense run's optimiser settings (momentum, weight decay, batch size)."""
     t = cfg.train
     return Recipe(rounds, momentum=t.momentum, weight_decay=t.weight_decay, batch_size=t.batch_size, **kw)
+
+
+def dense_schedule(cfg, **kw) -> Round:
+    """The dense run's lr schedule (train.*): the dense stage, lr_rewind (Renda et al. 2020) and gmp train with it."""
+    t = cfg.train
+    return Round(t.epochs, t.lr, t.lr_drops, t.gamma, **kw)
+
+
+def dense_recipe(cfg) -> Recipe:
+    """The dense stage: the dense schedule from the initialisation, the weights of train.save_epochs kept."""
+    return recipe(cfg, [dense_schedule(cfg)], snapshots=cfg.train.save_epochs)
 
 
 def one_shot(ctx: Context, mask_fn, loss=cross_entropy) -> Recipe:

@@ -12,7 +12,7 @@ import math
 from .. import masks as M
 from ..models import prunable
 from ..train import Round
-from .base import Context, load, recipe
+from .base import Context, dense_schedule, load, recipe
 
 
 def imp(ctx: Context):
@@ -83,4 +83,4 @@ def gmp(ctx: Context):
         s = M.cubic_sparsity(epoch, e0, e1, ctx.sparsity) if e1 > e0 else ctx.sparsity
         return M.global_magnitude(prunable(model, c.prune.exclude), s, masks)
     # No begin hook: the retrain stage builds the network from the seed, i.e. the dense run's initialisation.
-    return recipe(c, [Round(c.train.epochs, c.train.lr, c.train.lr_drops, c.train.gamma)], epoch_hook=hook)
+    return recipe(c, [dense_schedule(c)], epoch_hook=hook)

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from .. import masks as M
 from ..models import prunable
-from ..train import Round
-from .base import Context, load, one_shot, recipe
+from .base import Context, dense_schedule, load, one_shot, recipe
 
 
 def finetune(ctx: Context):
@@ -31,4 +30,4 @@ def lr_rewind(ctx: Context):
     def begin(model, _):
         load(model, ctx.dense)
         return ctx.mask
-    return recipe(c, [Round(c.train.epochs, c.train.lr, c.train.lr_drops, c.train.gamma, begin=begin)])
+    return recipe(c, [dense_schedule(c, begin=begin)])
