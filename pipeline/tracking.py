@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -69,6 +70,16 @@ def _lock_path(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///"):] + ".lock")
     return ROOT / ".mlflow.lock"
+
+
+def _alive(pid: str | None) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:        # someone else's live process
+        return True
+    return True
 
 
 def git_commit() -> str:
@@ -128,31 +139,56 @@ class Run:
                 exp_id = self.client.get_experiment_by_name(self.experiment).experiment_id
         else:
             exp_id = exp.experiment_id
+        job = {"stage": stage, **{k: str(v) for k, v in tags.items() if k in JOB_TAGS}}
+        alive = {"project": str(ROOT), "host": socket.gethostname(), "pid": str(os.getpid())}
         if run_id is not None and self._exists(run_id):
+            from mlflow.entities import RunTag
             self.client.update_run(run_id, status="RUNNING")   # a resumed job continues its own run
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in alive.items()])
         else:                                                  # (a new run if that store was deleted)
             tool, tool_id = invocation()
             tags = {"stage": stage, "git_commit": git_commit(), "experiment": experiment,
                     **{k: str(v) for k, v in tags.items()}}
             tags.update(params_digest=digest({"stage": stage, **tags, "params": params}, drop=("git_commit",)),
-                        invocation=tool, invocation_id=tool_id, superseded="false")
+                        invocation=tool, invocation_id=tool_id, superseded="false", **alive)
             if "method" in tags:
                 tags["mlflow.runColor"] = color(tags["method"])      # the figures' colour in the UI too
             self.run_id = self.client.create_run(exp_id, tags=tags, run_name=run_name(tags)).info.run_id
-            self._supersede(exp_id, tags)
+            self._supersede(exp_id, job)
             from mlflow.entities import Param
             items = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(params).items())]
             for i in range(0, len(items), 100):
                 self.client.log_batch(self.run_id, params=items[i:i + 100])
+        self._close_killed(exp_id, job)
 
-    def _supersede(self, exp_id: str, tags: dict) -> None:
-        """Older runs of the same job (same stage and cell) get superseded = "true": they describe outputs
-        this run replaces, whatever their parameters were (their params_digest tells which)."""
-        job = " and ".join(f"tags.{k} = '{tags[k]}'" for k in ("stage", *JOB_TAGS) if k in tags)
-        for r in self.client.search_runs([exp_id], f"{job} and tags.superseded = 'false'", max_results=1000):
-            if r.info.run_id != self.run_id:
-                self.client.set_tag(r.info.run_id, "superseded", "true")
-                self.client.set_tag(r.info.run_id, "superseded_by", self.run_id)
+    def _same_job(self, exp_id: str, job: dict, extra: str):
+        """The other runs of this job (same stage and cell) from this project folder: a clone elsewhere
+        sharing the store runs its own jobs (runs from before the `project` tag count as ours)."""
+        where = " and ".join(f"tags.{k} = '{v}'" for k, v in job.items())
+        for r in self.client.search_runs([exp_id], f"{where} and {extra}", max_results=1000):
+            if r.info.run_id != self.run_id and r.data.tags.get("project", str(ROOT)) == str(ROOT):
+                yield r
+
+    def _supersede(self, exp_id: str, job: dict) -> None:
+        """Older runs of the same job get superseded = "true": they describe outputs this run replaces,
+        whatever their parameters were (their params_digest tells which)."""
+        for r in self._same_job(exp_id, job, "tags.superseded = 'false'"):
+            self.client.set_tag(r.info.run_id, "superseded", "true")
+            self.client.set_tag(r.info.run_id, "superseded_by", self.run_id)
+
+    def _close_killed(self, exp_id: str, job: dict) -> None:
+        """A run of this job still RUNNING, whose process is gone, was left by a killed job: marked KILLED,
+        with the reason. (A live process of it on this host is left alone; one on another host cannot be
+        asked, and a training job's lock has already refused a second live copy.)"""
+        for r in self._same_job(exp_id, job, "attributes.status = 'RUNNING'"):
+            t = r.data.tags
+            if t.get("host") == socket.gethostname() and _alive(t.get("pid")):
+                continue
+            self.client.set_tag(r.info.run_id, "killed_reason",
+                                f"its process (pid {t.get('pid', '?')} on {t.get('host', '?')}) ended without "
+                                f"closing the run (killed); found when the same job started again as run "
+                                f"{self.run_id}")
+            self.client.set_terminated(r.info.run_id, "KILLED")
 
     def _exists(self, run_id: str) -> bool:
         from mlflow.exceptions import MlflowException
@@ -203,7 +239,7 @@ class Run:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc is None:
+        if exc is None:                   # the job's outputs are written: FINISHED says they exist
             self._call(self.client.set_terminated, self.run_id, "FINISHED")
         else:
             msg = f"{exc_type.__name__}: {exc}"[:5000]

@@ -39,3 +39,49 @@ def test_tags_digest_and_superseded_reruns(env):
     assert COMPARE_FILTER in exp.tags["mlflow.note.content"]
     current = client.search_runs([exp.experiment_id], COMPARE_FILTER)
     assert sorted(r.info.run_id for r in current) == sorted([ids[2], other.run_id])
+
+
+def test_a_run_left_running_by_a_killed_job_is_marked_killed_when_the_job_starts_again(env, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    cfg = load("smoke")
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    # A job killed while running: its process exits without closing its run (os._exit: no cleanup).
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os\nfrom pipeline.config import load\nfrom pipeline.tracking import Run\n"
+        f"r = Run(load('smoke'), 'prune', {CELL!r}, {{}})\nprint(r.run_id, os.getpid())\nos._exit(9)")],
+        env=env, capture_output=True, text=True, timeout=300)
+    dead, pid = killed.stdout.split()
+    assert killed.returncode == 9 and client.get_run(dead).info.status == "RUNNING", killed.stderr
+    live = Run(cfg, "prune", {**CELL, "seed": 1}, {})            # another cell, still running (this process)
+    with Run(cfg, "prune", {**CELL, "seed": 1}, {}) as again:     # ... and the same job again in this process
+        pass
+    assert client.get_run(live.run_id).info.status == "RUNNING"  # a live process: left alone
+    with Run(cfg, "prune", CELL, {}) as rerun:
+        pass
+    old = client.get_run(dead)
+    assert old.info.status == "KILLED" and old.data.tags["superseded_by"] == rerun.run_id
+    assert old.data.tags["killed_reason"].startswith(f"its process (pid {pid} on {socket.gethostname()}) ended "
+                                                     "without closing the run (killed)")
+    assert old.data.tags["killed_reason"].endswith(f"found when the same job started again as run {rerun.run_id}")
+    assert client.get_run(rerun.run_id).info.status == "FINISHED" and again.run_id != live.run_id
+
+
+def test_two_clones_sharing_a_store_do_not_supersede_each_other(env, monkeypatch):
+    from pipeline import tracking
+    cfg = load("smoke")
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    here = tracking.ROOT
+    with Run(cfg, "retrain", {**CELL, "method": "kd"}, {}) as ours:
+        pass
+    monkeypatch.setattr(tracking, "ROOT", here.parent / "clone")              # the same job from another folder
+    with Run(cfg, "retrain", {**CELL, "method": "kd"}, {}) as theirs:
+        pass
+    assert client.get_run(ours.run_id).data.tags["project"] == str(here)
+    assert client.get_run(ours.run_id).data.tags["superseded"] == "false"
+    assert client.get_run(theirs.run_id).data.tags["project"] == str(here.parent / "clone")
+    with Run(cfg, "retrain", {**CELL, "method": "kd"}, {}) as theirs2:        # a rerun in the clone
+        pass
+    assert client.get_run(theirs.run_id).data.tags["superseded_by"] == theirs2.run_id
+    assert client.get_run(ours.run_id).data.tags["superseded"] == "false"
