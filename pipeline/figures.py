@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .colors import color  # noqa: E402
-from .catalog import EQUAL_BUDGET  # noqa: E402
+from .config import METHODS  # noqa: E402
 from .spectral import FULL  # noqa: E402
 
 HEATMAP_METHODS = ("dense", "pruned", "finetune", "kd", "fourier_kd")
@@ -20,35 +20,58 @@ def _save(fig, path, dpi=110):
     plt.close(fig)
 
 
-def sparsity(summary, ds, arch, path):
-    """Test accuracy per method. Several sparsities: lines over sparsity. One sparsity: one point per method
-    with its spread over seeds as an error bar, so no method hides behind another."""
+def ordered(df, groups) -> list[tuple[str, list[str]]]:
+    """[(group, its methods)] as the report's tables order them: the groups in `groups`' order (the summary's
+    `group` column), each group's methods in the catalog's order (config.METHODS); groups with no method left
+    out. Readers compare within a group and against dense, not alphabetically."""
+    rank = {m: i for i, m in enumerate(METHODS)}
+    out = []
+    for g in groups:
+        ms = sorted(df[df.group == g].method.unique(), key=lambda m: (rank.get(m, len(rank)), m))
+        if ms:
+            out.append((g, ms))
+    return out
+
+
+def sparsity(summary, ds, arch, path, groups):
+    """Test accuracy per method, grouped as the tables are (`groups`: the group names after dense, in order),
+    dense marked. Several sparsities: lines over sparsity (solid for the first group, dashed for the others),
+    the legend in group order with the group names as headings. One sparsity: one point per method with its
+    spread over seeds as an error bar, so no method hides behind another; each group under its own heading."""
     df = summary[(summary.dataset == ds) & (summary.arch == arch)]
-    methods = [m for m in df.method.unique() if m != "dense"]
+    order = ordered(df, groups)
     levels = sorted(df[df.method != "dense"].sparsity.unique())
     dense = df[df.method == "dense"].test_acc
     if len(levels) == 1:
-        fig, ax = plt.subplots(figsize=(7, 0.45 * len(methods) + 1.6), layout="constrained")
-        for i, m in enumerate(methods):
-            a = df[df.method == m].test_acc
-            ax.errorbar(100 * a.mean(), i, xerr=100 * (a.std() if len(a) > 1 else 0), fmt="o", capsize=3,
-                        color=color(m))
-        ax.set_yticks(range(len(methods)), methods)
+        rows = [("dense", "dense")] + [r for g, ms in order for r in [(g, None)] + [(g, m) for m in ms]]
+        fig, ax = plt.subplots(figsize=(7, 0.42 * len(rows) + 1.6), layout="constrained")
+        for i, (g, m) in enumerate(rows):
+            if m is None:
+                continue
+            a = dense if m == "dense" else df[df.method == m].test_acc
+            ax.errorbar(100 * a.mean(), i, xerr=100 * (a.std() if len(a) > 1 else 0), capsize=3, color=color(m),
+                        fmt="D" if m == "dense" else "o")
+        ax.set_yticks(range(len(rows)), [m or g for g, m in rows])
+        for tick, (g, m) in zip(ax.get_yticklabels(), rows):
+            if m is None:                                   # a group's heading
+                tick.set_fontweight("bold")
         ax.invert_yaxis()
-        ax.axvline(100 * dense.mean(), color=color("dense"), lw=1, ls=":", label="dense")
+        ax.axvline(100 * dense.mean(), color=color("dense"), lw=1, ls=":", label="dense (mean)")
         n = df.groupby("method").seed.nunique().max()
         ax.set(xlabel=f"test accuracy (%), mean ± std over {n} seed(s)",
                title=f"{ds} / {arch}, sparsity {levels[0]}")
         ax.legend(loc="lower right", fontsize=8)
     else:
         fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
-        for m in methods:
-            g = df[df.method == m].groupby("sparsity").test_acc
-            ax.errorbar(g.mean().index, 100 * g.mean(), yerr=100 * g.std().fillna(0), marker="o", capsize=3,
-                        label=m, color=color(m), linestyle="-" if m in EQUAL_BUDGET else "--")
-        ax.axhline(100 * dense.mean(), color=color("dense"), lw=1, label="dense")
+        handles = [ax.axhline(100 * dense.mean(), color=color("dense"), lw=1.5, ls=":", label="dense")]
+        for k, (g, ms) in enumerate(order):
+            handles += ax.plot([], [], " ", label=f"{g}:")       # the group's heading in the legend
+            for m in ms:
+                d = df[df.method == m].groupby("sparsity").test_acc
+                handles.append(ax.errorbar(d.mean().index, 100 * d.mean(), yerr=100 * d.std().fillna(0), marker="o",
+                                           capsize=3, label=m, color=color(m), linestyle="-" if k == 0 else "--"))
         ax.set(xlabel="sparsity", ylabel="test accuracy (%)", title=f"{ds} / {arch}: accuracy vs sparsity")
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(handles=handles, fontsize=7, ncol=2)            # in group order (matplotlib puts lines first)
     _save(fig, path)
 
 

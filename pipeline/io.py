@@ -120,11 +120,13 @@ def _feed(h, obj) -> None:
         h.update(f"S{obj!r};".encode())
 
 
-def save(obj: dict, path) -> None:
-    """torch.save of a dict with its content checksum embedded (verified by `load`), atomically."""
+def save(obj: dict, path) -> str:
+    """torch.save of a dict with its content checksum embedded (verified by `load`), atomically; returns
+    the checksum."""
     obj = {k: v for k, v in obj.items() if k != CHECKSUM}
     obj[CHECKSUM] = content_sha256(obj)
     _atomic(path, lambda f: torch.save(obj, f), _nbytes(obj) + 1024)
+    return obj[CHECKSUM]
 
 
 def write_text(path, text: str) -> None:
@@ -243,7 +245,9 @@ def _one_per_radius(v: dict):
 # What each JSON output holds (the writers: stages._finish, masks.stats, spectral.evaluate, data.prepare).
 METRICS = {"val_acc": FRACTION, "test_acc": FRACTION, "test_agreement": FRACTION, "sparsity": FRACTION,
            "epochs": COUNT, "nonzero_weights": COUNT, "weights": COUNT, "nonzero": COUNT, "prunable": COUNT,
-           "rounds": COUNT, "chain_levels": COUNT, "train_seconds": SECONDS, "hardware": TEXT, "experiment": TEXT}
+           "rounds": COUNT, "chain_levels": COUNT, "train_seconds": SECONDS, "hardware": TEXT, "experiment": TEXT,
+           "nonzero_params": COUNT, "macs": COUNT, "dense_macs": COUNT, "macs_input": TEXT,   # cost.py
+           "speedup": Kind(lambda v: _number(v) and v >= 1, "a number >= 1 (dense MACs / nonzero MACs)")}
 MASK_STATS = {"sparsity": FRACTION, "kept": COUNT, "total": COUNT, "layers": {EACH: FRACTION}}
 BANDS = {"radii": [RADIUS], "filter": TEXT, "low_acc": [FRACTION], "high_acc": [FRACTION],
          "low_agree": [FRACTION], "high_agree": [FRACTION], "bn_images": COUNT, None: _one_per_radius}
@@ -285,8 +289,10 @@ def load(path, kind: str, keys=(), expect: dict | None = None) -> dict:
     return obj
 
 
-def sha256(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
+def sha256(path, chunk: int = 1 << 22, algorithm: str = "sha256") -> str:
+    """The file's hash. algorithm="md5" gives DVC's hash of the file: its cache holds the file as
+    files/md5/<first 2 hex digits>/<the other 30>."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while b := f.read(chunk):
             h.update(b)

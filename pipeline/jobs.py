@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import os
 import platform
+import tempfile
 from pathlib import Path
 
 import torch
 
-from . import io, masks as M, models, train as T
+from . import cost as C, io, masks as M, models, train as T
 from .methods.iterative import rewind_epoch
 from .catalog import CATALOG
 from .config import ROOT, Config, ConfigError, digest
-from .progress import Progress
+from .progress import Progress, note
 from .tracking import Run
 
 
@@ -114,11 +115,17 @@ def run_training(cfg, stage, recipe, net, data, rt, seed, key, run: Run, cell: s
         run.log_metrics(metrics, step)
         progress(step, metrics)
 
+    def resumed(epochs, rnd, epoch):   # one line in the job's log and in MLflow: a resubmitted job says so
+        note(stage, cell, f"resumed from epoch {epochs} of {progress.total} (round {rnd}, epoch {epoch} of it), "
+                          f"checkpoint {ckpt}")
+        run.set_tags({"resumed_from_epoch": epochs, "resumed_from_checkpoint": str(ckpt)})
+
     def fell_back(reason):            # the captured step failed: the job went on eagerly (captured.py)
         run.set_tags({"cuda_graphs": "fallback", "cuda_graphs_reason": reason[:500]})
     if rt.graphs:
         run.set_tags({"cuda_graphs": "on"})
-    out = T.run(recipe, net, data, rt, seed, ckpt, key, log=log, run_id=run.run_id, on_fallback=fell_back)
+    out = T.run(recipe, net, data, rt, seed, ckpt, key, log=log, run_id=run.run_id, on_fallback=fell_back,
+                resumed=resumed)
     return out, ckpt, out["seconds"]
 
 
@@ -139,16 +146,23 @@ def finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, key, extra_files=None, 
     if agreement_with is not None:
         metrics["test_agreement"] = (T.predict(net, dd, dd.test_x, rt) ==
                                      T.predict(agreement_with, dd, dd.test_x, rt)).float().mean().item()
+    cost = C.count(net, res["masks"], tuple(dd.test_x.shape[1:]))    # MACs for one image (cost.py)
+    metrics.update(C.metrics(cost))
     metrics["hardware"] = hardware()
     metrics["experiment"] = cfg.name
     for name, obj in (extra_files or {}).items():
         io.save(obj, sibling(out, name))
     io.write_json(sibling(out, "metrics.json"), metrics)
-    io.save(model_file(net, arch, dd.classes, cfg, res["masks"], data_sha256=dd.sha256, job=key), out)
+    sha = io.save(model_file(net, arch, dd.classes, cfg, res["masks"], data_sha256=dd.sha256, job=key), out)
+    # The run leads to its file: the embedded checksum, and DVC's hash (its cache path files/md5/xx/...).
+    run.set_tags({"model_sha256": sha, "model_md5": io.sha256(out, algorithm="md5")})
     last = res["history"][-1] if res["history"] else {}      # val_acc, sparsity: logged by the last epoch
     run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in last},
                     res["epochs"])
     run.log_artifact(sibling(out, "metrics.json"))
+    with tempfile.TemporaryDirectory() as tmp:       # the per-layer breakdown: an artifact, not 20 metrics
+        io.write_json(Path(tmp) / "cost.json", {"note": C.NOTE, **cost})
+        run.log_artifact(Path(tmp) / "cost.json")
     if ckpt is not None:               # None: more outputs of this job follow (a chain's lower levels)
         ckpt.unlink(missing_ok=True)
 

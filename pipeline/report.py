@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import claims, figures, io, publish
+from . import claims, cost, figures, io, publish
 from .config import ROOT, Config, resolve_path
 from .catalog import EQUAL_BUDGET
 from .spectral import FULL
@@ -48,9 +48,14 @@ def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
             if metrics is not None:
                 m = io.read_json(metrics, keys=("val_acc", "test_acc", "nonzero_weights", "weights", "epochs",
                                                 "train_seconds", "hardware"), schema=io.METRICS)
+                if missing := [k for k in cost.COLUMNS if k not in m]:
+                    raise io.CorruptFile(f"{metrics}: no {', '.join(missing)}: written before cost accounting "
+                                         "(pipeline/cost.py); rerun its job (snakemake --forcerun train_dense "
+                                         "retrain chain)")
                 rows.append({**key, "group": _group(key["method"]), "val_acc": m["val_acc"],
                              "test_acc": m["test_acc"], "test_agreement": m.get("test_agreement", 1.0),
                              "nonzero_weights": m["nonzero_weights"], "weights": m["weights"],
+                             **{k: m[k] for k in cost.COLUMNS},
                              "epochs": m["epochs"], "rounds": m.get("rounds"), "train_seconds": m["train_seconds"],
                              "hardware": m["hardware"]})
             sj = io.read_json(spectral, keys=("radii", "filter", "low_acc", "high_acc", "heatmap_seconds"),
@@ -63,6 +68,9 @@ def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                                      "acc": v[f"{band}_acc"][i], "agree": v.get(f"{band}_agree", [None] * 99)[i],
                                      "heatmap_seconds": v.get("heatmap_seconds")})   # variants: no heat map
     return pd.DataFrame(rows), pd.DataFrame(spec)
+
+
+GROUPS = ("one-shot (equal budget)", "extra cost")     # the tables' groups after dense, in order
 
 
 def _group(method: str) -> str:
@@ -85,7 +93,7 @@ def main_table(summary: pd.DataFrame, ds: str, arch: str) -> str:
     lines.append(f"| dense | dense | {int(dense.epochs.mean())} | {dense.train_seconds.mean():.0f} | "
                  + " | ".join(_fmt(dense.test_acc.mean(), dense.test_acc.std(), len(dense)) for _ in sparsities)
                  + " |")
-    for group in ("one-shot (equal budget)", "extra cost"):
+    for group in GROUPS:
         for m in df[df.group == group].method.unique():
             sub = df[df.method == m]
             cells = []
@@ -239,7 +247,9 @@ def report(cfg: Config) -> None:
             for arch in cfg.grid.archs:
                 tag = f"{ds}_{arch}"
                 lines += [f"## {ds} / {arch}", "", "### Test accuracy", "", main_table(summary, ds, arch), ""]
-                figures.sparsity(summary, ds, arch, figs / f"accuracy_vs_sparsity_{tag}.png")
+                lines += ["### Cost: nonzero MACs and parameters", "",
+                          cost.table(summary, ds, arch, ("dense",) + GROUPS), ""]
+                figures.sparsity(summary, ds, arch, figs / f"accuracy_vs_sparsity_{tag}.png", GROUPS)
                 lines += [f"![accuracy vs sparsity](figures/accuracy_vs_sparsity_{tag}.png)", ""]
                 comp = comparisons(summary, ds, arch)
                 lines += ["### Paired differences (test accuracy, percentage points; 95% t-interval over seeds)", "",
@@ -274,9 +284,12 @@ def report(cfg: Config) -> None:
                           "every radius, so this signature cannot be measured here.", ""]
                 signatures[ds, arch] = sig
                 for _, r in summary[(summary.dataset == ds) & (summary.arch == arch)].groupby(
-                        ["method", "sparsity"]).test_acc.agg(["mean", "std", "count"]).reset_index().iterrows():
+                        ["method", "sparsity"]).agg(mean=("test_acc", "mean"), count=("test_acc", "count"),
+                                                    macs=("macs", "mean"), speedup=("speedup", "mean")
+                                                    ).reset_index().iterrows():
                     metrics.setdefault(tag, {})[f"{r.method}_s{r.sparsity}"] = {
-                        "test_acc_mean": round(float(r["mean"]), 6), "seeds": int(r["count"])}
+                        "test_acc_mean": round(float(r["mean"]), 6), "seeds": int(r["count"]),
+                        "macs": round(float(r["macs"])), "speedup": round(float(r["speedup"]), 4)}
         heat = spec.groupby(["dataset", "arch", "seed", "sparsity", "method"]).heatmap_seconds.first()
         lines += claims.section(summary, cfg, signatures)
         lines += ["## Cost", "", f"Fourier heat map: {heat.mean():.2f} s per model on average "

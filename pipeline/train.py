@@ -204,7 +204,8 @@ _clock = time.perf_counter   # the training time's clock (a test replaces it)
 
 def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ckpt: Path, key: str,
         log: Callable[[int, dict], None] = lambda step, m: None, run_id: str | None = None,
-        on_fallback: Callable[[str], None] = lambda reason: None) -> dict:
+        on_fallback: Callable[[str], None] = lambda reason: None,
+        resumed: Callable[[int, int, int], None] = lambda epochs, rnd, epoch: None) -> dict:
     """Train through every round; return {"model", "masks", "history", "epochs", "snapshots", "seconds"}.
     A checkpoint is written at `ckpt` after every epoch (atomically) and resumed from if it exists and its
     `key` (a hash of the job's parameters) matches; one with another key is refused, never overwritten.
@@ -213,7 +214,8 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
     A non-finite loss raises Diverged naming the epoch and step, before that epoch is checkpointed.
     A captured step that fails (captured.py) prints one warning line, calls `on_fallback(reason)` and the job
     continues eagerly ("cuda_graphs" in the result: "off", "captured" or "fallback: <reason>"); with
-    runtime.cuda_graphs: true it raises GraphsFailed."""
+    runtime.cuda_graphs: true it raises GraphsFailed.
+    `resumed(epochs done, round, epoch within it)` is called once when a checkpoint is resumed from."""
     t0 = _clock()
     model = to_device(model, rt)
     step_model = torch.compile(model) if rt.compile else model
@@ -234,6 +236,8 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
     else:
         state = None
     total_epochs = sum(r.epochs for r in recipe.rounds[:start_round]) + start_epoch
+    if state is not None:
+        resumed(total_epochs, start_round, start_epoch)
 
     for ri in range(start_round, len(recipe.rounds)):
         rnd = recipe.rounds[ri]

@@ -20,11 +20,20 @@ def test_every_method_has_its_own_colour_and_unknown_ones_a_fallback():
     assert colors.color("a_new_method") == colors.FALLBACK not in {colors.color(m) for m in named}
 
 
+# Two groups as the report names them; the extra-cost group deliberately holds methods that sort first
+# alphabetically, so an alphabetical figure fails the order checks below.
+GROUPS = ("equal", "extra")
+EXTRA = tuple(m for m in METHODS if m in ("gmp", "imp", "lr_rewind", "lth", "lth_init"))    # catalog order
+EQUAL = tuple(m for m in METHODS if m not in EXTRA)
+
+
 def _summary(sparsities, seeds=(0, 1)):
-    rows = [dict(dataset="d", arch="a", seed=s, sparsity=0.0, method="dense", test_acc=0.9) for s in seeds]
-    rows += [dict(dataset="d", arch="a", seed=s, sparsity=sp, method=m, test_acc=0.5 + 0.01 * i + 0.02 * s)
+    rows = [dict(dataset="d", arch="a", seed=s, sparsity=0.0, method="dense", group="dense", test_acc=0.9)
+            for s in seeds]
+    rows += [dict(dataset="d", arch="a", seed=s, sparsity=sp, method=m, group="extra" if m in EXTRA else "equal",
+                  test_acc=0.5 + 0.01 * i + 0.02 * s)
              for sp in sparsities for i, m in enumerate(METHODS) for s in seeds]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values(["method", "seed"])      # the report hands it over sorted by name
 
 
 @pytest.fixture
@@ -37,20 +46,26 @@ def captured(monkeypatch):
 
 
 def test_one_sparsity_gives_one_point_per_method_with_error_bars(captured, tmp_path):
-    figures.sparsity(_summary([0.9]), "d", "a", tmp_path / "x.png")
+    figures.sparsity(_summary([0.9]), "d", "a", tmp_path / "x.png", GROUPS)
     ax = captured[0].axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()] == list(METHODS)
-    assert len(ax.containers) == len(METHODS)                       # one errorbar container per method
-    for m, c in zip(METHODS, ax.containers):
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["dense", "equal", *EQUAL, "extra", *EXTRA]    # grouped as the tables, dense first
+    bold = [t.get_text() for t in ax.get_yticklabels() if t.get_fontweight() == "bold"]
+    assert bold == ["equal", "extra"]                                 # the group headings stand out
+    assert len(ax.containers) == 1 + len(METHODS)                     # dense, then one errorbar per method
+    assert ax.containers[0].lines[0].get_marker() == "D"             # dense marked
+    for m, c in zip(EQUAL + EXTRA, ax.containers[1:]):
         assert matplotlib.colors.to_hex(c.lines[0].get_color()) == colors.color(m)
         (seg,) = c.lines[2][0].get_segments()                       # the x error bar: mean -/+ std over 2 seeds
         assert seg[1][0] - seg[0][0] == pytest.approx(2 * 100 * pd.Series([0.0, 0.02]).std())
 
 
 def test_several_sparsities_give_one_line_per_method(captured, tmp_path):
-    figures.sparsity(_summary([0.5, 0.9]), "d", "a", tmp_path / "x.png")
+    figures.sparsity(_summary([0.5, 0.9]), "d", "a", tmp_path / "x.png", GROUPS)
     ax = captured[0].axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dense", *METHODS]   # axhline first
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dense", "equal:", *EQUAL, "extra:", *EXTRA]
+    styles = {c.get_label(): c.lines[0].get_linestyle() for c in ax.containers}
+    assert {styles[m] for m in EQUAL} == {"-"} and {styles[m] for m in EXTRA} == {"--"}
 
 
 def test_heatmap_labels_do_not_overlap(captured, tmp_path):

@@ -6,6 +6,7 @@ tests/test_corrupt.py.)"""
 from __future__ import annotations
 
 import contextlib
+import csv
 import io as io_
 import json
 import os
@@ -256,10 +257,14 @@ def test_train_seconds_add_up_across_processes(tmp_path, monkeypatch):
         T.run(recipe(), models.build("resnet20", 10, 0.25), _tiny_data(), CPU, 0, ckpt, "k", log=log)
     assert io.load(ckpt, "checkpoint")["train_seconds"] == 5.0
     kill = False
-    out = T.run(recipe(), models.build("resnet20", 10, 0.25), _tiny_data(), CPU, 0, ckpt, "k", log=log)
+    resumed = []
+    out = T.run(recipe(), models.build("resnet20", 10, 0.25), _tiny_data(), CPU, 0, ckpt, "k", log=log,
+                resumed=lambda *where: resumed.append(where))
     assert out["seconds"] == 10.0 and out["epochs"] == 2
-    once = T.run(recipe(), models.build("resnet20", 10, 0.25), _tiny_data(), CPU, 0, tmp_path / "u.pt", "k", log=log)
-    assert once["seconds"] == 10.0
+    assert resumed == [(1, 0, 1)]            # said once: 1 epoch done, round 0, its epoch 1
+    once = T.run(recipe(), models.build("resnet20", 10, 0.25), _tiny_data(), CPU, 0, tmp_path / "u.pt", "k", log=log,
+                 resumed=lambda *where: resumed.append(where))
+    assert once["seconds"] == 10.0 and resumed == [(1, 0, 1)]     # a fresh start says nothing
 
 
 # ----------------------------------------------------------------------------------------------- umask
@@ -313,6 +318,10 @@ def test_content_checksum_sees_dtype_shape_keys_and_values():
 # ------------------------------------------------------------------------------------------- the report
 
 
+DENSE_COST = {"nonzero_params": 130, "macs": 4000, "dense_macs": 4000, "speedup": 1.0, "macs_input": "3x32x32"}
+PRUNED_COST = {"nonzero_params": 40, "macs": 500, "dense_macs": 4000, "speedup": 8.0, "macs_input": "3x32x32"}
+
+
 def _fake_runs(runs: Path, cfg) -> None:
     """Every file the report reads for a 1-dataset, 1-arch, 1-seed, 1-sparsity, 1-method grid."""
     radii = [float(r) for r in cfg.spectral.radii] + ["full"]
@@ -322,7 +331,8 @@ def _fake_runs(runs: Path, cfg) -> None:
                             ("pruned", None)):
         if metrics is not None:
             io.write_json(metrics, {"val_acc": 0.5, "test_acc": 0.5, "nonzero_weights": 10, "weights": 100,
-                                    "epochs": 2, "train_seconds": 1.0, "hardware": "cpu:test"})
+                                    "epochs": 2, "train_seconds": 1.0, "hardware": "cpu:test",
+                                    **(DENSE_COST if method == "dense" else PRUNED_COST)})
         spec = base / "dense.json" if method == "dense" else base / "s0.9" / f"{method}.json"
         io.write_json(spec, {"radii": radii, "filter": "circle", "low_acc": [0.5] * len(radii),
                              "high_acc": [0.4] * len(radii), "low_agree": [0.9] * len(radii),
@@ -354,7 +364,7 @@ def test_a_report_that_fails_part_way_leaves_the_previous_one_whole(reported, tm
     heat.write_bytes(heat.read_bytes()[:100])
     io.write_json(runs / "dense/synthetic/resnet20/seed0/metrics.json",
                   {"val_acc": 0.9, "test_acc": 0.9, "nonzero_weights": 10, "weights": 100, "epochs": 2,
-                   "train_seconds": 1.0, "hardware": "cpu:test"})          # a new number the failed report read
+                   "train_seconds": 1.0, "hardware": "cpu:test", **DENSE_COST})   # a new number the failed report read
     code, err = _main(["report", "--experiment", experiment])
     assert code == 3 and f"input error: {heat}: not a readable heatmap file" in err, err
     after = {p: p.read_bytes() for p in sorted((tmp_path / "results").rglob("*")) if p.is_file()}
@@ -376,3 +386,22 @@ def test_report_refuses_a_malformed_metrics_file_naming_it(content, expect, repo
     (line,) = [x for x in err.splitlines() if x.startswith("input error: ")]
     assert line.startswith(f"input error: {bad}: ") and expect in line, err
     assert {p: p.read_bytes() for p in sorted((tmp_path / "results").rglob("*")) if p.is_file()} == before
+
+
+def test_the_report_states_each_models_cost(reported, tmp_path):
+    """summary.csv carries the cost columns, the README a cost table with the MACs note, metrics.json (dvc
+    metrics) the MACs and speed-up; a metrics.json written before cost accounting is refused, naming it."""
+    experiment, runs, before = reported
+    out = tmp_path / "results"
+    rows = {r["method"]: r for r in csv.DictReader(io_.StringIO((out / "summary.csv").read_text()))}
+    assert {k: rows["finetune"][k] for k in PRUNED_COST} == {k: str(v) for k, v in PRUNED_COST.items()}
+    readme = (out / "README.md").read_text()
+    assert "| dense | dense | 4.0 k MACs (1.0x), 130 params |" in readme
+    assert "| one-shot (equal budget) | finetune | 500 MACs (8.0x), 40 params |" in readme
+    assert "no wall-clock speed-up on dense kernels" in readme
+    m = json.loads((out / "metrics.json").read_text())["synthetic_resnet20"]
+    assert m["finetune_s0.9"]["macs"] == 500 and m["finetune_s0.9"]["speedup"] == 8.0
+    bad = runs / "retrain/synthetic/resnet20/seed0/s0.9/finetune/metrics.json"
+    io.write_json(bad, {k: v for k, v in json.loads(bad.read_text()).items() if k not in ("macs", "speedup")})
+    code, err = _main(["report", "--experiment", experiment])
+    assert code == 3 and f"input error: {bad}: no macs, speedup: written before cost accounting" in err, err
