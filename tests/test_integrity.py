@@ -173,6 +173,34 @@ def test_train_dense_with_a_huge_lr_exits_1_and_writes_no_model(tmp_path, env):
     assert "Diverged" in runs[0].data.tags["error"]
 
 
+def test_a_resumed_job_says_from_which_epoch_and_checkpoint_in_its_log_and_mlflow(tmp_path, env, monkeypatch):
+    """Stopped in the second of 2 epochs (epoch 1's checkpoint kept), then run again: one line names the epoch and
+    the checkpoint it resumed from, and the MLflow run (the same one) carries them as tags."""
+    experiment = write_experiment(tmp_path, name="t", datasets=TINY, train={"epochs": 2})
+    data = tmp_path / "data.pt"
+    assert _main(["prepare", "--experiment", experiment, "--dataset", "synthetic", "--out", data])[0] == 0
+    argv = ["train_dense", "--experiment", experiment, "--dataset", "synthetic", "--arch", "resnet20", "--seed", 0,
+            "--data", data, "--out", tmp_path / "out" / "model.pt", "--log", tmp_path / "job.log"]
+    real = stages.Progress.__call__
+
+    def stop_in_two(self, done, m):                   # epoch 1 is checkpointed after this call; epoch 2 is not
+        real(self, done, m)
+        if done == 2:
+            raise Diverged("stopped by the test in epoch 2")
+    monkeypatch.setattr(stages.Progress, "__call__", stop_in_two)
+    assert _main(argv)[0] == 1
+    (ckpt,) = (tmp_path / "runs" / "t" / "checkpoints").glob("dense-*.pt")
+    monkeypatch.setattr(stages.Progress, "__call__", real)
+    code, err = _main(argv)
+    assert code == 0, err
+    line = f"resumed from epoch 1 of 2 (round 0, epoch 1 of it), checkpoint {ckpt}"
+    assert [x for x in err.splitlines() if "resumed from" in x] == [f"[dense synthetic/resnet20 seed0] {line}"]
+    assert line in (tmp_path / "job.log").read_text()
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id], "tags.stage = 'train_dense'")
+    assert run.data.tags["resumed_from_epoch"] == "1" and run.data.tags["resumed_from_checkpoint"] == str(ckpt)
+
+
 # ------------------------------------------------------------------------------------ the tracking store
 
 
