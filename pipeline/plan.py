@@ -80,18 +80,26 @@ def plan(cfg: Config, experiment: str | None, throughput: dict | None) -> str:
              f"{'jobs of':<20}{'jobs':>7}{'epochs':>9}{'images (M)':>13}{'device-hours':>14}  note"]
     if throughput and throughput.get("errors"):     # the device check stopped early or fell back to eager
         lines[1:1] = ["", "the measurement reports errors: " + "; ".join(throughput["errors"])]
-    total, missing = 0.0, set()
+    measured, unmeasured = 0.0, []
     for label, r in sorted(rows.items(), key=lambda kv: -kv[1]["images"]):
         if not r["images"]:
             lines.append(f"{label:<20}{r['jobs']:>7}  (no training or evaluation)")
             continue
-        hours = "-" if r["missing"] else f"{r['seconds'] / 3600:.3f}"
+        hours = "unknown" if r["missing"] else f"{r['seconds'] / 3600:.3f}"
         note = ("no measurement for " + ", ".join(sorted(r["missing"]))) if r["missing"] else ""
         lines.append(f"{label:<20}{r['jobs']:>7}{r['epochs'] or '':>9}{r['images'] / 1e6:>13.3f}{hours:>14}  {note}")
-        total += r["seconds"]
-        missing |= r["missing"]
-    lines += ["", f"total: {total / 3600:.3f} device-hours, one job at a time"
-              + (" (INCOMPLETE: rows without a measurement are left out)" if missing else "")]
+        if r["missing"]:
+            unmeasured.append(label)
+        else:
+            measured += r["seconds"]
+    lines.append("")
+    if not unmeasured:
+        lines.append(f"total: {measured / 3600:.3f} device-hours, one job at a time")
+    else:    # a sum that leaves rows out is not a total: say so, and what would complete it
+        lines.append(f"total: unknown: no measurement for the rows {', '.join(unmeasured)}"
+                     + (f" (the measured rows alone: {measured / 3600:.3f} device-hours)" if measured else "")
+                     + "; measure them with `python -m benchmarks.gpu_check` on the device, then pass "
+                     "--throughput benchmarks/results/throughput-<device>.json")
     return "\n".join(lines) + "\n"
 
 

@@ -86,8 +86,19 @@ def test_plan_cli_prints_rows_and_says_what_is_not_measured(tmp_path, env):
     assert "measured on Test card" in p.stdout
     dense = next(line for line in p.stdout.splitlines() if line.startswith("dense "))
     assert dense.split()[1:5] == ["1", "2", "0.002", "0.001"]       # 1 job, 2 epochs, 2,048 images, 2 s
-    assert "no measurement for resnet20/masked" in p.stdout and "INCOMPLETE" in p.stdout
+    assert "no measurement for resnet20/masked" in p.stdout
+    total = p.stdout.strip().splitlines()[-1]
+    assert total.startswith("total: unknown: no measurement for the rows ") and "finetune" in total
+    assert "dense," not in total and "(the measured rows alone: 0.001 device-hours)" in total
     bad = tmp_path / "bad.json"
     bad.write_text("[]")
     p = run_stage("plan", "--experiment", "smoke", "--throughput", bad, env=env)
     assert p.returncode == 3 and "bad.json" in p.stderr
+
+
+def test_plan_without_a_measurement_says_unknown_not_zero():
+    out = P.plan(C.load("smoke"), "smoke", None)
+    assert "0.000" not in out and "no throughput file" in out
+    total = out.strip().splitlines()[-1]
+    assert total.startswith("total: unknown: no measurement for the rows ") and "measured rows alone" not in total
+    assert all(f" {row}" in total for row in ("dense", "finetune", "spectral")) and "gpu_check" in total
