@@ -12,7 +12,8 @@ marker file.
 `python -m pipeline publish --experiment NAME`: copy a finished report from runs/<name>/report/ (a run's
 output, git-ignored) to results/<name>/ (the committed example a reader opens on the repository's page),
 by the same manifest. A run never writes into results/, so no run satisfies its own target with a committed
-file and no run dirties git; refreshing the committed example is this one explicit step.
+file and no run dirties git; refreshing the committed example is this one explicit step, which also
+regenerates results/README.md, the index of the committed experiments (index.py).
 """
 from __future__ import annotations
 
@@ -171,4 +172,13 @@ def publish(cfg: Config) -> Path:
     old = owned(dst) or []
     io.write_json(dst / OURS, {"files": sorted(set(old) | set(new))})
     _replace(new, old, lambda f: src / f, dst, shutil.copyfile)
+    write_index()
     return dst
+
+
+def write_index() -> Path:
+    """results/README.md, the index of every committed experiment, regenerated from the published reports."""
+    from .index import index
+    path = ROOT / "results" / "README.md"
+    io.write_text(path, index(path.parent))
+    return path

@@ -1,0 +1,70 @@
+"""results/README.md: the index of committed experiments, generated from the published reports by publish."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline import config as C, index, publish
+from pipeline.config import ROOT
+
+REPORT = """# Report: experiment `x`
+
+- Experiment: `x` (params.yaml + configs/x.yaml)
+- Data: d: synthetic, 10 train / 5 test images
+- Hardware: cpu:Test, 2 cores
+- Seeds: [0, 1, 2]; sparsities: [0.9]; methods: finetune, kd
+- Written 2026-12-01 10:00 UTC from commit abcdef123456 by `python -m pipeline report`; every number below.
+
+## d / a
+
+| group | method | s=0.9 |
+|---|---|---|
+| dense | dense | **95.00** |
+
+## Claims
+
+| claim | test | data | verdict | evidence |
+|---|---|---|---|---|
+| A beats B | a - b | d/a | **held** | s=0.9: +1.00 [+0.50, +1.50] |
+| A beats C | a - c | d/a | **not enough evidence** | s=0.9: +0.10 |
+| A beats D | a - d | d/a | **held** | s=0.9: +2.00 |
+
+## Cost
+"""
+
+
+def test_index_lists_each_experiment_with_its_data_hardware_seeds_and_verdicts(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "README.md").write_text(REPORT)
+    d = index.describe(tmp_path / "x" / "README.md")
+    # the bold accuracy in the test-accuracy table is no verdict: only the Claims section is read
+    assert d["claims"] == [("A beats B — a - b", "d/a", "held"), ("A beats C — a - c", "d/a", "not enough evidence"),
+                           ("A beats D — a - d", "d/a", "held")]
+    text = index.index(tmp_path)
+    assert ("| [x](x/README.md) | d: synthetic, 10 train / 5 test images | cpu:Test, 2 cores | [0, 1, 2] | "
+            "2026-12-01 10:00 UTC from commit abcdef123456 | 2 held, 1 not enough evidence |") in text
+    assert "- A beats C — a - c (d/a): **not enough evidence**" in text
+
+
+def test_a_folder_without_a_report_header_is_refused_naming_it(tmp_path):
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "README.md").write_text("# notes\n- Data: mine\n")
+    with pytest.raises(ValueError, match=r"y/README.md: not a report of this suite \(no '- Experiment:'"):
+        index.index(tmp_path)
+
+
+def test_the_committed_index_is_what_publish_generates():
+    assert (ROOT / "results" / "README.md").read_text() == index.index(ROOT / "results"), \
+        "results/README.md is stale: python -m pipeline publish regenerates it"
+
+
+def test_publish_regenerates_the_index(tmp_path, monkeypatch):
+    monkeypatch.setattr(publish, "ROOT", tmp_path)
+    src = tmp_path / "report"
+    src.mkdir()
+    for f in publish.FILES:
+        (src / f).write_text(REPORT if f == "README.md" else "{}")
+    cfg = C.load("smoke")
+    monkeypatch.setattr(publish, "resolve_path", lambda p: src)
+    publish.publish(cfg)
+    assert (tmp_path / "results" / "README.md").read_text() == index.index(tmp_path / "results")
+    assert "[smoke](smoke/README.md)" in (tmp_path / "results" / "README.md").read_text()
