@@ -477,6 +477,7 @@ class _NoRun:
     """Stands in for the MLflow run in jobs.finish (tracking is tested elsewhere)."""
     def log_metrics(self, *a, **k): pass
     def log_artifact(self, *a, **k): pass
+    def set_tags(self, *a, **k): pass
 
 
 def test_checkpointed_run_deletes_nothing_and_resumes_without_training(data, tmp_path):

@@ -22,7 +22,7 @@ import torch
 from pipeline import config, io, jobs, masks as M, methods as MT, train as T
 from pipeline.models import prunable
 
-from .test_methods import net, replace, tiny_data
+from .test_methods import _NoRun, net, replace, tiny_data
 
 S = 0.8
 BATCH, N_TRAIN = 16, 32
@@ -44,8 +44,8 @@ DENSE_LR = [0.1, 0.1, 0.01, 0.001]        # per epoch
 RETRAIN_LR = [0.01, 0.01, 0.001, 0.0001]
 EXPECTED_LR = {                            # per epoch; every epoch is 2 optimizer steps
     "dense": DENSE_LR, "lr_rewind": DENSE_LR, "gmp": DENSE_LR,
-    **{m: RETRAIN_LR for m in ("finetune", "finetune_layerwise", "random", "kd", "fourier_kd",
-                                "fourier_kd_reverse", "freq_ce")},
+    **{m: RETRAIN_LR for m in ("finetune", "finetune_layerwise", "random", "kd", "fourier_kd", "fourier_kd_anti",
+                                "fourier_kd_shuffled", "fourier_kd_reverse", "freq_ce")},
     "imp": [0.01, 0.001] * 2,
     "lth": [0.1, 0.01, 0.001] * 2,         # dense epochs 1, 2, 3, in each of the 2 rounds
     "lth_init": DENSE_LR * 2,
@@ -167,8 +167,8 @@ def test_the_three_weight_sets_differ_everywhere(dense):
 
 # --------------------------------------------------------------------------- where the first step starts
 
-ONE_SHOT = ("finetune", "finetune_layerwise", "random", "kd", "fourier_kd", "fourier_kd_reverse", "freq_ce",
-            "lr_rewind")
+ONE_SHOT = ("finetune", "finetune_layerwise", "random", "kd", "fourier_kd", "fourier_kd_anti", "fourier_kd_shuffled",
+            "fourier_kd_reverse", "freq_ce", "lr_rewind")
 
 
 def masked(state: dict, masks: dict) -> dict:
@@ -259,11 +259,6 @@ def by_hand(model, data, split) -> float:
     with torch.no_grad():
         pred = model(data.normalize(x.float() / 255)).argmax(1)
     return (pred == y).float().mean().item()
-
-
-class _NoRun:
-    def log_metrics(self, *a, **k): pass
-    def log_artifact(self, *a, **k): pass
 
 
 def test_val_acc_is_measured_on_the_validation_split_and_test_acc_once_on_the_test_split(dense, data, tmp_path):
