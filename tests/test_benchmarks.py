@@ -125,3 +125,39 @@ def test_gpu_check_catches_every_wrong_captured_step(kind, fault, capsys):
         assert rc == 1, out
         assert out.strip().splitlines()[-1] == (f"emulated CUDA graphs, the injected fault {fault}: the captured "
                                                 f"step is WRONG: resnet20 {kind}: {fault}")
+
+
+def test_device_check_runs_every_step_on_the_cpu_emulation(tmp_path, env):
+    """The one prepared device script, as on a bare GPU image (no MLflow, Snakemake or DVC: plan is then
+    skipped with the command to run elsewhere), on the CPU under the emulation of CUDA graphs: gpu_check
+    and its JSON, train.run captured vs eager (identical weights: the CPU is deterministic), a SIGKILL after
+    epoch 1 and a resume under capture (identical to the uninterrupted run); one table, exit 0."""
+    bare = ("import sys, runpy\n"
+            "for m in ('mlflow', 'snakemake', 'dvc'): sys.modules[m] = None\n"
+            "sys.argv[0] = 'device_check'\n"
+            "runpy.run_module('benchmarks.device_check', run_name='__main__', alter_sys=True)")
+    p = subprocess.run([sys.executable, "-c", bare, "--quick", "--emulate", "--kinds", "masked", "--out",
+                        str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = {ln.split(" | ")[0][2:]: ln.split(" | ")[1:] for ln in p.stdout.splitlines() if ln.startswith("| ")}
+    assert rows["gpu_check: capture check (emulated)"][0] == "ok"
+    assert rows["gpu_check"][0] == "ok" and str(tmp_path / "throughput-cpu.json") in rows["gpu_check"][1]
+    assert rows["train.run, captured vs eager (2 epochs)"][0] == "ok"
+    assert "captured run: captured; weights identical" in rows["train.run, captured vs eager (2 epochs)"][1]
+    kill = rows["kill after epoch 1, resume under capture"]
+    assert kill[0] == "ok" and "killed (SIGKILL) with epoch 1 checkpointed; resumed to 2 epochs, captured" in kill[1]
+    assert kill[1].endswith("weights identical |")
+    assert rows["plan"][0] == "-" and "skipped (snakemake is not installed here): run `python -m pipeline plan " \
+                                      "--experiment smoke --throughput" in rows["plan"][1]
+
+
+def test_device_check_fails_when_the_captured_training_falls_back(tmp_path, monkeypatch):
+    """A capture that raises (emulated) makes train.run fall back: the device check's training rows then
+    fail, naming the fallback and its reason."""
+    from benchmarks import device_check as DC
+    from benchmarks.emulation import Emulation
+    monkeypatch.setattr(DC, "Emulation", lambda: Emulation("replay"))
+    rows = DC.training_rows(DC.sizes(True), True, True, tmp_path)
+    assert [ok for _, ok, _ in rows] == [False, False]
+    assert "captured run: fallback: raised on replay (RuntimeError: emulated: CUDA graph launch failed)" in rows[0][2]
+    assert "resumed to 2 epochs, fallback: raised on replay" in rows[1][2]
