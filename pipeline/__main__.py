@@ -4,7 +4,9 @@ Exit status: 0 done; 2 bad configuration or arguments, the tracking URI included
 corrupt, foreign, tampered or missing input file (named in the message); 4 another copy of the same job is
 running (named in the message); 5 runtime.cuda_graphs: true and the captured CUDA step failed (with
 `auto` the job continues with eager steps instead); 6 the disk is full (the file, the bytes it needs and the
-bytes free are named; the temp file is removed, the last checkpoint kept); 1 anything else (a training loss that became NaN or
+bytes free are named; the temp file is removed, the last checkpoint kept); 7 the MLflow tracking server
+stopped answering during the job (after at most about a minute of MLflow's retries; the job stopped at an
+epoch boundary with its checkpoint kept: rerun once the server is back to resume); 1 anything else (a training loss that became NaN or
 infinite among them: the message names the epoch and step, and no model is written).
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 import sys
 
 from .config import ROOT, ConfigError, load
-from .errors import Busy, CorruptFile, Diverged, GraphsFailed, NoSpace
+from .errors import Busy, CorruptFile, Diverged, GraphsFailed, NoSpace, TrackingDown
 from .progress import drop_log, log_to, open_log
 
 # Stages holding a job lock (io.exclusive): their --log opens once they hold it, so a refused copy (exit 4)
@@ -23,7 +25,7 @@ LOCKED = ("train_dense", "retrain", "chain")
 # What the CLI answers, instead of a traceback, for each error a stage raises on purpose.
 EXITS = {ConfigError: ("config error", 2), CorruptFile: ("input error", 3), Busy: ("busy", 4),
          Diverged: ("training diverged", 1), GraphsFailed: ("captured CUDA step failed", 5),
-         NoSpace: ("disk full", 6)}
+         NoSpace: ("disk full", 6), TrackingDown: ("tracking server down", 7)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
             sys.stdout.write(plan(cfg, args.experiment, measured))
             return 0
         from .tracking import check_uri
-        check_uri(cfg)                              # before any compute: every job records itself there
+        check_uri(cfg, probe=True)                  # before any compute: every job records itself there
         if args.stage == "report":
             from .report import report
             report(cfg)

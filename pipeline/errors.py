@@ -20,3 +20,8 @@ class GraphsFailed(RuntimeError):
 
 class NoSpace(RuntimeError):
     """The disk is full: the message names the file, the bytes it needs and the bytes free (exit status 6)."""
+
+
+class TrackingDown(RuntimeError):
+    """The MLflow tracking server stopped answering during a job (its retries bounded): the job stopped at an
+    epoch boundary with its checkpoint kept; one line names the URI and how to resume (exit status 7)."""

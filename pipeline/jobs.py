@@ -15,6 +15,7 @@ from . import cost as C, io, masks as M, models, train as T
 from .methods.iterative import rewind_epoch
 from .catalog import CATALOG
 from .config import ROOT, Config, ConfigError, digest
+from .errors import TrackingDown
 from .progress import Progress, note
 from .tracking import Run
 
@@ -112,8 +113,13 @@ def run_training(cfg, stage, recipe, net, data, rt, seed, key, run: Run, cell: s
     progress = Progress(stage, cell, sum(r.epochs for r in recipe.rounds))
 
     def log(step, metrics):
-        run.log_metrics(metrics, step)
         progress(step, metrics)
+        try:
+            run.log_metrics(metrics, step)
+        except TrackingDown as e:     # T.run raises it once this epoch is checkpointed: nothing trained is lost
+            return e
+    if ckpt.exists():                 # epochs checkpointed while the tracking server was down: logged now
+        run.log_missing(T.load_checkpoint(ckpt, keys=("history",))["history"])
 
     def resumed(epochs, rnd, epoch):   # one line in the job's log and in MLflow: a resubmitted job says so
         note(stage, cell, f"resumed from epoch {epochs} of {progress.total} (round {rnd}, epoch {epoch} of it), "

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .colors import color
 from .config import ROOT, Config, ConfigError, digest
+from .errors import TrackingDown
 from .provenance import invocation
 
 COMPARE_FILTER = 'tags.stage = "retrain" and tags.superseded = "false"'   # the README and tests use it
@@ -50,17 +51,54 @@ def tracking_uri(cfg: Config) -> str:
     return uri
 
 
-def check_uri(cfg: Config) -> str:
+def check_uri(cfg: Config, probe: bool = False) -> str:
     """The tracking URI, checked before any compute: a SQLite store's folder must exist (nothing creates
-    it silently: a typo would scatter runs into a new folder); the error names the URI and its source."""
+    it silently: a typo would scatter runs into a new folder); with `probe`, a tracking server must answer
+    its /health request. The error names the URI and its source."""
     uri = tracking_uri(cfg)
+    source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
     if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///"):]).parent
         if not folder.is_dir():
-            source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
             raise ConfigError(f"{source} = {uri!r}: the folder of this SQLite store, {folder}, does not exist "
                               f"(create it, or fix the URI)")
+    elif probe and uri.startswith(("http://", "https://")):
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_SECONDS) as r:
+                ok = r.status == 200
+        except (OSError, ValueError) as e:
+            ok, why = False, f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        else:
+            why = "/health did not answer 200"
+        if not ok:
+            raise ConfigError(f"{source} = {uri!r}: the tracking server does not answer ({why}); start it "
+                              f"(README: Running on a cluster) or fix the URI. Nothing was computed")
     return uri
+
+
+# A tracking server that stops answering: MLflow retries each request (defaults: 7 retries, backoff factor
+# 2, 120 s timeout: minutes per call, about 9 minutes before a job failed). Bounded here, unless the user set
+# them: 3 retries, backoff 1 (sleeps 0, 2, 4 s), jitter 0.5 s, 10 s per attempt: at most 47.5 s per call.
+SERVER_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+PROBE_SECONDS = 10
+
+
+def outage_bound() -> float:
+    """Seconds one MLflow request may take against a dead server with the settings in force (urllib3:
+    no sleep before the first retry, then factor * 2**(k-1))."""
+    e = {k: float(os.environ.get(k, v)) for k, v in SERVER_BOUNDS.items()}
+    n, f = int(e["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]), e["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]
+    return ((n + 1) * e["MLFLOW_HTTP_REQUEST_TIMEOUT"] + sum(f * 2 ** (k - 1) for k in range(2, n + 1))
+            + n * e["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"])
+
+
+def _unreachable(e: BaseException) -> bool:
+    """MLflow's words for a request that got no answer after its retries (connection refused or reset,
+    timeout, server errors until the retries ran out)."""
+    text = str(e)
+    return text.startswith("API request to ") and ("failed with exception" in text or "timeout" in text)
 
 
 def _lock_path(uri: str) -> Path | None:
@@ -115,6 +153,9 @@ class Run:
         from mlflow.tracking import MlflowClient   # imported here: stages that never track skip its import cost
         self.uri = check_uri(cfg)
         self.lock = _lock_path(self.uri)
+        if self.lock is None:                       # a tracking server: its outage bounded (SERVER_BOUNDS)
+            for k, v in SERVER_BOUNDS.items():
+                os.environ.setdefault(k, v)
         # Under the lock too: creating the client creates (migrates) a fresh store's tables, and parallel
         # jobs doing that at once fail ("table _alembic_tmp_... already exists", "database is locked").
         self.client = self._call(MlflowClient, self.uri)
@@ -216,9 +257,23 @@ class Run:
                 with self._locked():
                     return fn(*args, **kw)
             except Exception as e:  # noqa: BLE001
+                if self.lock is None and _unreachable(e):
+                    raise TrackingDown(
+                        f"{self.uri}: the tracking server did not answer (MLflow gave up after its retries, at "
+                        f"most {outage_bound():.0f} s: {str(e).splitlines()[0][:160]}); the job stopped, its "
+                        f"checkpoint kept: start the server again and rerun the same command to resume "
+                        f"(same MLflow run)") from None
                 if "locked" not in str(e).lower() or attempt == 7:
                     raise
                 time.sleep(0.1 * 2 ** attempt)
+
+    def log_missing(self, history: list[dict]) -> None:
+        """Epochs a checkpoint holds that the run lacks (logged while the tracking server was down): logged
+        now, and no others (nothing is logged twice)."""
+        logged = {m.step for m in self._call(self.client.get_metric_history, self.run_id, "train_loss")}
+        for step, metrics in enumerate(history, 1):
+            if step not in logged:
+                self.log_metrics(metrics, step)
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -241,6 +296,8 @@ class Run:
     def __exit__(self, exc_type, exc, tb):
         if exc is None:                   # the job's outputs are written: FINISHED says they exist
             self._call(self.client.set_terminated, self.run_id, "FINISHED")
+        elif isinstance(exc, TrackingDown):
+            pass                          # nobody to tell: RUNNING until the rerun continues it (or KILLED)
         else:
             msg = f"{exc_type.__name__}: {exc}"[:5000]
             try:

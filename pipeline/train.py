@@ -276,7 +276,7 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
             history.append(metrics)
             if ri == 0 and epoch + 1 in recipe.snapshots:
                 snapshots[epoch + 1] = _state_dict(model)
-            log(total_epochs, metrics)
+            stop = log(total_epochs, metrics)    # an exception (the tracking server is down): raised once
             if rnd.level is not None and epoch + 1 == rnd.epochs:     # a chain's level: kept, and checkpointed
                 levels[rnd.level] = {"model": _state_dict(model), "masks": {n: m.cpu() for n, m in masks.items()},
                                      "rounds": ri + 1, "epochs": total_epochs, "seconds": before + _clock() - t0}
@@ -285,6 +285,8 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
                      "masks": None if masks is None else {n: m.cpu() for n, m in masks.items()},
                      "snapshots": snapshots, "levels": levels, "run_id": run_id,
                      "train_seconds": before + _clock() - t0}, ckpt)
+            if isinstance(stop, BaseException):   # ... this epoch is checkpointed: a rerun resumes after it
+                raise stop
         state = None
     mode = "off" if graphs is None else "captured" if graphs.reason is None else f"fallback: {graphs.reason}"
     return {"model": model, "masks": masks, "history": history, "epochs": total_epochs, "snapshots": snapshots,

@@ -22,6 +22,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_RUNNING: dict[str, subprocess.Popen] = {}     # url -> its server process
+
+
+def crash(url: str) -> None:
+    """Kill a server started here at once (SIGKILL to its process group), as a crashed login node would."""
+    proc = _RUNNING[url]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @contextmanager
 def mlflow_server(folder: Path, timeout: float = 180):
     """Yields the server's URL; raises with the server's log if it is not up within `timeout` seconds."""
@@ -33,6 +43,7 @@ def mlflow_server(folder: Path, timeout: float = 180):
                              "--port", str(port), "--workers", "1"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    _RUNNING[url] = proc
     try:
         deadline = time.time() + timeout
         while True:
@@ -48,6 +59,7 @@ def mlflow_server(folder: Path, timeout: float = 180):
             time.sleep(0.5)
         yield url
     finally:
+        _RUNNING.pop(url, None)
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=20)
