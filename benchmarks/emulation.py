@@ -6,7 +6,8 @@ while recording -- weights, buffers, gradients, optimizer buffers -- is put back
 recorded step on the static inputs, writing into the static outputs. Under it, a right captured run gives
 exactly the eager run's weights. `fault` makes it wrong the ways a real capture could be:
 
-- raising: `enter` (capture fails as it starts), `exit` (capture fails as it ends), `replay` (launch fails);
+- raising: `enter` (capture fails as it starts), `exit` (capture fails as it ends), `replay` (every launch
+  fails), `late_replay` (the second launch and later fail: mid-epoch, after a good first replay);
 - a wrong replay (FAULTS): `stale_batch` (the graph reads the batch it was captured with, not the static
   input), `stale_labels` (the same for the labels only), `no_step` (the optimizer update is not in the
   graph), `no_mask` (the mask re-application is not in the graph), `frozen_bn` (batch-norm statistics
@@ -23,7 +24,7 @@ import torch
 from pipeline import captured, masks as M
 
 FAULTS = ("stale_batch", "stale_labels", "no_step", "no_mask", "frozen_bn")
-RAISES = ("enter", "exit", "replay")
+RAISES = ("enter", "exit", "replay", "late_replay")
 
 
 class Emulation:
@@ -57,7 +58,7 @@ class Emulation:
 
     def _replay(self, g):
         self.replays += 1
-        if self.fault == "replay":
+        if self.fault == "replay" or (self.fault == "late_replay" and self.replays > 1):
             raise RuntimeError("emulated: CUDA graph launch failed")
         s, fault = g.owner, self.fault
         x, y = s.x, s.y

@@ -75,9 +75,12 @@ class Setup:
                                                                  radius_fn=lambda e: CHECK_RADII[e])}
 
     def epoch(self, kind: str, batch: int, rt: T.Runtime):
-        """A fresh model and optimizer; returns (model, run(data, seed) -> metrics of one suite epoch)."""
+        """A fresh model and optimizer; returns (model, run(data, seed) -> metrics of one suite epoch). Its
+        epochs share one captured.Graphs, as a job's do: the first-capture self-check runs once, not in every
+        timed epoch; strict, so that a failure is reported rather than timed as an eager step."""
         model, epoch = suite_epoch(T, self.base, None if kind == "dense" else self.masks, self.loss[kind], batch, rt)
-        return model, lambda data, seed=0: epoch(data, torch.Generator().manual_seed(seed))
+        hooks = {"graphs": captured.Graphs(strict=True)} if rt.graphs else {}
+        return model, lambda data, seed=0: epoch(data, torch.Generator().manual_seed(seed), **hooks)
 
 
 # The capture check (issue 19): what a wrong captured step cannot pass. Two epochs, the lr and the fourier_kd
