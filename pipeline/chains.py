@@ -44,6 +44,7 @@ def chain(cfg: Config, dataset: str, arch: str, seed: int, method: str, data: st
     tags = {"dataset": dataset, "arch": arch, "seed": seed, "method": method, "data_sha256": blob["sha256"]}
     with io.exclusive(checkpoint(cfg, "chain", key)), \
             Run(cfg, "chain", tags, params, resumed_run_id(cfg, "chain", key)) as run:
+        io.clear_stale(*(level_dir(out_dir, s, method) / f for s in levels for f in ("model.pt", "metrics.json")))
         dd = T.Data(blob, rt.device)
         ctx = MT.Context(cfg, levels[-1], seed, dict(teacher.state_dict()), {}, snaps, levels=levels)
         net = models.build(arch, dd.classes, cfg.model.width, seed)

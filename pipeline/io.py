@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -57,6 +58,18 @@ def _atomic(path: Path, write, size: int) -> None:
                           f"PIPELINE_RUNS / the outputs elsewhere) and rerun: completed outputs and the last "
                           f"checkpoint are kept") from None
         raise
+
+
+def clear_stale(*paths) -> None:
+    """Remove the temp files `_atomic` left beside these outputs when a kill interrupted it
+    (`.<name>.<8 random characters>.tmp`): called when the job that writes them starts again (a training
+    job: once it holds its lock). Nothing else in the folder is touched."""
+    for p in map(Path, paths):
+        ours = re.compile(rf"\.{re.escape(p.name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+        if p.parent.is_dir():
+            for f in p.parent.iterdir():
+                if ours.fullmatch(f.name) and f.is_file() and not f.is_symlink():
+                    f.unlink(missing_ok=True)
 
 
 def _disk_full(e: BaseException | None) -> bool:
@@ -319,6 +332,7 @@ def exclusive(path):
         f.write(f"pid {os.getpid()} on {socket.gethostname()}")
         f.flush()
         open_log()                # the job's --log opens only now: a refused copy never touches it
+        clear_stale(path)         # a checkpoint write a kill interrupted: its temp file
         try:
             yield
         finally:

@@ -23,6 +23,7 @@ from .tracking import Run
 
 def prepare(cfg: Config, dataset: str, out: str) -> None:
     check_job(cfg, dataset=dataset)
+    io.clear_stale(out, f"{out}.json")
     with Run(cfg, "prepare", {"dataset": dataset}, cfg.section(f"datasets.{dataset}", "data")) as run:
         info = D.prepare(cfg, dataset, Path(out))
         run.set_tags({"data_sha256": info["sha256"]})
@@ -39,6 +40,7 @@ def train_dense(cfg: Config, dataset: str, arch: str, seed: int, data: str, out:
             "data_sha256": blob["sha256"]}
     with io.exclusive(checkpoint(cfg, "dense", key)), \
             Run(cfg, "train_dense", tags, params, resumed_run_id(cfg, "dense", key)) as run:
+        io.clear_stale(out, sibling(out, "metrics.json"), sibling(out, "snapshots.pt"))   # a killed copy's
         dd = T.Data(blob, rt.device)
         net = models.build(arch, dd.classes, cfg.model.width, seed)
         res, ckpt, secs = run_training(cfg, "dense", MT.dense_recipe(cfg), net, dd, rt, seed, key, run,
@@ -55,6 +57,7 @@ def prune(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, dens
     # inputs are checked before the MLflow run opens
     net, blob = load_model(dense, expect={"arch": arch, "width": cfg.model.width})
     dense_sha = io.sha256(dense)
+    io.clear_stale(out, sibling(out, "mask.json"))
     with Run(cfg, "prune", tags, cfg.section("prune")) as run:
         masks = M.global_magnitude(models.prunable(net, cfg.prune.exclude), sparsity)
         st = M.stats(masks)
@@ -87,6 +90,7 @@ def retrain(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, me
             "data_sha256": blob["sha256"]}
     with io.exclusive(checkpoint(cfg, "retrain", key)), \
             Run(cfg, "retrain", tags, params, resumed_run_id(cfg, "retrain", key)) as run:
+        io.clear_stale(out, sibling(out, "metrics.json"))
         dd = T.Data(blob, rt.device)
         teacher = T.to_device(teacher, rt)          # frozen by the Context (methods/base.py) for distillation
         ctx = MT.Context(cfg, sparsity, seed, {k: v for k, v in teacher.state_dict().items()},
@@ -114,6 +118,7 @@ def spectral(cfg: Config, data: str, model: str, out: str, teacher: str | None =
     blob = D.load(Path(data))
     t = {k: "?" for k in ("dataset", "arch", "seed", "sparsity", "method")} | (tags or {})
     cell = f"{t['dataset']}/{t['arch']} seed{t['seed']} s{t['sparsity']} {t['method']}"
+    io.clear_stale(out, sibling(out, Path(out).stem + "_heatmap.pt"))
     with Run(cfg, "spectral", {**(tags or {}), "data_sha256": blob["sha256"]}, cfg.section("spectral")) as run:
         dd = T.Data(blob, rt.device)
         same = {"classes": dd.classes, "width": cfg.model.width}

@@ -104,3 +104,21 @@ def test_a_damaged_checkpoint_says_delete_it_and_deleting_it_restarts_the_job(tm
     code, err = _main(args)
     assert code == 0, err
     assert json.loads(out.with_name("metrics.json").read_text())["epochs"] == 1 and not ckpt.exists()
+
+
+def test_a_killed_writes_temp_files_are_removed_when_its_job_starts_again(tmp_path, env):
+    experiment = write_experiment(tmp_path, name="t", datasets=TINY)
+    out = tmp_path / "data" / "d.pt"
+    out.parent.mkdir()
+    stale = [out.parent / ".d.pt.k1ll3d_x.tmp", out.parent / ".d.pt.json.Ab3dE6gH.tmp"]   # what _atomic leaves
+    kept = [out.parent / ".other.pt.k1ll3d_x.tmp", out.parent / "notes.tmp", out.parent / ".d.pt.tmp",
+            out.parent / ".d.pt.toolong123.tmp"]                 # another output's, or not of our making
+    for f in stale + kept:
+        f.write_bytes(b"")
+    assert _main(["prepare", "--experiment", experiment, "--dataset", "synthetic", "--out", out])[0] == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["d.pt", "d.pt.json", *(f.name for f in kept)])
+    ckpt = tmp_path / "ck" / "job.pt"
+    ckpt.parent.mkdir()
+    (ckpt.parent / ".job.pt.zZ9_aa00.tmp").write_bytes(b"half a checkpoint")
+    with io.exclusive(ckpt):                                     # the job's lock held: its checkpoint's temp gone
+        assert sorted(p.name for p in ckpt.parent.iterdir()) == ["job.pt.lock"]
