@@ -186,7 +186,8 @@ rule spectral_dense:
 
 rule spectral_pruned:
     """The spectral signature of pruning itself: the MBP topology before any retraining, as is and with
-    batch-norm statistics recalibrated, against a random mask with its per-layer counts (same seed)."""
+    batch-norm statistics recalibrated, against two random controls (same seed): MBP's per-layer counts, and
+    the fraction of them whose full-band accuracy matches MBP's (damage-matched)."""
     input:
         data=rules.prepare.output.data,
         model=rules.train_dense.output.model,

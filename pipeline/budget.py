@@ -109,3 +109,17 @@ def spectral_images(cfg: Config, test: int, teacher: bool) -> int:
     s = cfg.spectral
     bands = 2 * (len(s.radii) + 1) * test * (2 if teacher else 1)
     return bands + min(s.heatmap_images, test) * heatmap_pairs()
+
+
+def signature_images(cfg: Config, train: int, test: int) -> int:
+    """Forward passes (in images, an upper bound) of one pruning-signature job (signature.py): the teacher's
+    bands once; the bands of six variants (MBP as is, with the heat map; MBP recalibrated; the same-count and
+    the damage-matched control, each as is and recalibrated); and the damage-matched searches: per evaluation,
+    MBP's full-band accuracy, at most match_steps + 1 candidates and one re-application, each a pass over the
+    test set, the recalibrated search also recalibrating batch norm each time (as pruned_bn and random_mask_bn
+    do once)."""
+    s = cfg.spectral
+    bands = 2 * (len(s.radii) + 1) * test
+    recal = min(s.bn_batches * s.batch_size, train)
+    search = s.match_steps + 3
+    return 7 * bands + min(s.heatmap_images, test) * heatmap_pairs() + (2 + search) * recal + 2 * search * test

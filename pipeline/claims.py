@@ -14,6 +14,7 @@ import pandas as pd
 from . import verdicts as V
 from .catalog import CATALOG
 from .config import ClaimCfg, Config
+from .signature_table import CONTROLS
 
 FLOOR = "random"            # random mask with MBP's per-layer counts: the floor any pruning method should beat
 REFERENCE = "finetune"      # the reference of the shared retraining budget (compute ratios of the regime note)
@@ -200,14 +201,26 @@ def _compute_note(summary, ds, arch) -> str | None:
             f"sparsities) are {ratios} those of {REFERENCE}.")
 
 
+def signature_claim(key: tuple) -> str:
+    """The signature's claim, worded with the control it is judged against. key: (evaluation, control,
+    measure), as signature_table.signature gives it."""
+    return f"{SIGNATURE_CLAIM}, judged against the {key[1]} control"
+
+
+def signature_test(key: tuple) -> str:
+    evaluation, control, measure = key
+    return (f"{measure} with the teacher, low-pass - high-pass, MBP topology - {CONTROLS[control]}, {evaluation}, "
+            "before retraining")
+
+
 def _signature_rows(sig: dict, cfg: Config) -> list[str]:
     rows = []
-    for evaluation, by_s in sig.items():
+    for key, by_s in sig.items():
         diffs = [V.difference(s, mbp, control) for s, (mbp, control) in sorted(by_s.items())]
         j = V.judge(diffs, cfg.report.equivalence_margin / 100, cfg.report.alpha)
-        rows.append(f"| {SIGNATURE_CLAIM} | agreement with the teacher, low-pass - high-pass, MBP topology - "
-                    f"random mask with its per-layer counts, {evaluation}, before retraining | **{j.verdict}** | "
-                    + (evidence(diffs, j) if diffs else "no radius qualifies") + " |")
+        rows.append(f"| {signature_claim(key)} | {signature_test(key)} | **{j.verdict}** | "
+                    + (evidence(diffs, j) if diffs else "no paired value (no radius qualifies, or no control within "
+                       "its tolerance)") + " |")
     return rows
 
 
@@ -250,7 +263,7 @@ def _across(judged: dict, cells: list, cfg: Config) -> list[str]:
 
 def section(summary: pd.DataFrame, cfg: Config, signatures: dict) -> list[str]:
     """The Claims section, as lines of Markdown. signatures: (dataset, arch) -> the pruning signature's
-    {evaluation: {sparsity: ([MBP], [control])}} (report.signature)."""
+    {(evaluation, control, measure): {sparsity: ([MBP], [control])}} (signature_table.signature)."""
     rep, alpha = cfg.report, cfg.report.alpha
     hardware = ", ".join(sorted(summary.hardware.unique())) if "hardware" in summary else "the report's hardware"
     lines = ["## Claims", "", "Every claim declared in `report.claims` (params.yaml), judged in each cell. "

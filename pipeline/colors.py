@@ -11,6 +11,7 @@ COLORS = {  # the paper's method (red) and its controls in related shades; the t
     "imp": "#2ca02c", "lth": "#9467bd", "lth_init": "#c5b0d5", "lr_rewind": "#8c564b", "gmp": "#17becf",
     # the pruning signature's variants (spectral only)
     "pruned_bn": "#c7c7c7", "random_mask": "#f7b6d2", "random_mask_bn": "#dbdb8d",
+    "matched_mask": "#5254a3", "matched_mask_bn": "#9c9ede",
 }
 FALLBACK = "#bcbd22"
 

@@ -128,6 +128,8 @@ class SpectralCfg:
     heatmap_images: int = 1000
     heatmap_eps: float = 4.0
     bn_batches: int = 20      # pruning signature: batch-norm recalibration batches (of batch_size images)
+    match_tolerance: float = 1.0   # pruning signature: the damage-matched control's accuracy gap (pp)
+    match_steps: int = 12          # ... and its bisection steps at most
 
 
 @dataclass
@@ -473,6 +475,9 @@ def _check(c: Config) -> None:
         _need(getattr(s, k) > 0, f"spectral.{k}", getattr(s, k), "a positive integer")
     _need(s.heatmap_eps > 0, "spectral.heatmap_eps", s.heatmap_eps, "positive")
     _need(s.bn_batches > 0, "spectral.bn_batches", s.bn_batches, "a positive integer")
+    _need(0 < s.match_tolerance < 100, "spectral.match_tolerance", s.match_tolerance,
+          "in (0, 100) (percentage points of full-band test accuracy)")
+    _need(s.match_steps >= 0, "spectral.match_steps", s.match_steps, "a non-negative integer")
     _need(c.report.equivalence_margin > 0, "report.equivalence_margin", c.report.equivalence_margin,
           "positive (percentage points)")
     _need(0 <= c.report.chance_margin < 100, "report.chance_margin", c.report.chance_margin,

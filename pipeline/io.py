@@ -206,6 +206,7 @@ SECONDS = Kind(lambda v: _number(v) and v >= 0, "a non-negative number")
 TEXT = Kind(lambda v: isinstance(v, str), "a string")
 SHA256 = Kind(lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
               "a sha256 checksum (64 hex digits)")
+KAPPA = Kind(lambda v: _number(v) and -1 <= v <= 1, "a number in [-1, 1] (Cohen's kappa)")
 RADIUS = Kind(lambda v: v == "full" or (_number(v) and v >= 0), 'a non-negative number or "full"')
 EACH = "*"          # a schema key matching every key of an object (a mapping of names)
 
@@ -252,7 +253,7 @@ def _one_per_radius(v: dict):
     """Band curves: one value per radius."""
     n = len(v.get("radii", []))
     return next(((k, f"a list of {n} values (one per radius)") for k in ("low_acc", "high_acc", "low_agree",
-                 "high_agree") if k in v and len(v[k]) != n), None)
+                 "high_agree", "low_kappa", "high_kappa") if k in v and len(v[k]) != n), None)
 
 
 # What each JSON output holds (the writers: stages._finish, masks.stats, spectral.evaluate, data.prepare).
@@ -263,8 +264,11 @@ METRICS = {"val_acc": FRACTION, "test_acc": FRACTION, "test_agreement": FRACTION
            "speedup": Kind(lambda v: _number(v) and v >= 1, "a number >= 1 (dense MACs / nonzero MACs)")}
 MASK_STATS = {"sparsity": FRACTION, "kept": COUNT, "total": COUNT, "layers": {EACH: FRACTION}}
 BANDS = {"radii": [RADIUS], "filter": TEXT, "low_acc": [FRACTION], "high_acc": [FRACTION],
-         "low_agree": [FRACTION], "high_agree": [FRACTION], "bn_images": COUNT, None: _one_per_radius}
-SPECTRAL = {**BANDS, "heatmap_seconds": SECONDS, "variants": {EACH: BANDS}}
+         "low_agree": [FRACTION], "high_agree": [FRACTION], "low_kappa": [KAPPA], "high_kappa": [KAPPA],
+         "bn_images": COUNT, None: _one_per_radius}
+MATCH = {"fraction": FRACTION, "sparsity": FRACTION, "target": FRACTION, "acc": FRACTION, "tolerance": FRACTION,
+         "steps": COUNT}                                  # signature.damage_matched
+SPECTRAL = {**BANDS, "heatmap_seconds": SECONDS, "variants": {EACH: {**BANDS, "match": MATCH}}}
 DATASET = {"sha256": SHA256, "name": TEXT, "source": TEXT, "classes": [TEXT], "sizes": {EACH: COUNT}}
 
 

@@ -43,11 +43,18 @@ def layerwise_magnitude(weights: dict, sparsity: float, current: dict | None = N
 
 def random_like(mask: dict, seed: int) -> dict:
     """A random mask with exactly the same number of zeros in every layer as `mask` (the sanity floor)."""
+    return random_fraction(mask, seed, 1.0)
+
+
+def random_fraction(mask: dict, seed: int, fraction: float) -> dict:
+    """A random mask pruning round(fraction * z) weights of every layer where `mask` prunes z: `mask`'s
+    per-layer shape of damage, scaled. One seeded order per layer, the same for every fraction, so the masks
+    are nested (a larger fraction prunes a superset); fraction 1 is random_like(mask, seed) exactly."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for n, m in mask.items():
         pruned = torch.zeros(m.numel(), dtype=torch.bool)
-        pruned[torch.randperm(m.numel(), generator=g)[: int((~m).sum())]] = True
+        pruned[torch.randperm(m.numel(), generator=g)[: round(fraction * int((~m).sum()))]] = True
         out[n] = ~pruned.view(m.shape).to(m.device)
     return out
 

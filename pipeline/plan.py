@@ -17,7 +17,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from .budget import heatmap_pairs, method_epochs, spectral_images, split_sizes, total_epochs  # noqa: F401 - tests use them
+from .budget import (heatmap_pairs, method_epochs, signature_images, spectral_images, split_sizes,  # noqa: F401
+                     total_epochs)
 from .config import Config, ROOT
 
 
@@ -32,6 +33,8 @@ def job_cost(cfg: Config, job: dict, sizes: dict) -> tuple[str, list[tuple[str, 
     if rule in ("retrain", "chain"):
         levels = cfg.grid.sparsities if rule == "chain" else None
         return w["method"], [(k, e * train) for k, e in method_epochs(cfg, w["method"], levels)]
+    if rule == "spectral_pruned":
+        return "spectral", [("eval", signature_images(cfg, train, test))]
     if rule.startswith("spectral"):
         return "spectral", [("eval", spectral_images(cfg, test, teacher="--teacher" in job["cmd"]))]
     return rule, []

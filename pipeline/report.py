@@ -15,6 +15,7 @@ import torch
 from . import claims, cost, figures, io, publish
 from .config import ROOT, Config, resolve_path
 from .catalog import EQUAL_BUDGET
+from .signature_table import CONTROLS, MEASURES, SIGNATURE, measure, signature, signature_radii  # noqa: F401
 from .spectral import FULL
 from .tracking import Run, git_commit
 
@@ -66,11 +67,19 @@ def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                     for i, r in enumerate(v["radii"]):
                         spec.append({**k, "band": band, "radius": r, "filter": v["filter"],
                                      "acc": v[f"{band}_acc"][i], "agree": v.get(f"{band}_agree", [None] * 99)[i],
-                                     "heatmap_seconds": v.get("heatmap_seconds")})   # variants: no heat map
+                                     "kappa": v.get(f"{band}_kappa", [None] * 99)[i],
+                                     "heatmap_seconds": v.get("heatmap_seconds"),    # variants: no heat map
+                                     **_match(v.get("match"))})
     return pd.DataFrame(rows), pd.DataFrame(spec)
 
 
 GROUPS = ("one-shot (equal budget)", "extra cost")     # the tables' groups after dense, in order
+
+
+def _match(m: dict | None) -> dict:
+    """A damage-matched control's search result (signature.damage_matched), as spectral.csv columns."""
+    m = m or {}
+    return {"match_sparsity": m.get("sparsity"), "match_gap": m.get("gap"), "matched": m.get("matched")}
 
 
 def _group(method: str) -> str:
@@ -176,43 +185,6 @@ def _describe_data(cfg: Config) -> str:
     return "; ".join(out)
 
 
-SIGNATURE = {"as pruned": ("pruned", "random_mask"),     # evaluation -> (MBP variant, control variant)
-             "after batch-norm recalibration": ("pruned_bn", "random_mask_bn")}
-
-
-def signature_radii(spec: pd.DataFrame, ds, arch, classes: int, margin_pp: float) -> list[float]:
-    """The radii where the dense teacher's own low-pass AND high-pass accuracy (mean over seeds) lie more
-    than margin_pp percentage points above chance (1 / classes): elsewhere agreement measures a shared bias."""
-    df = spec[(spec.dataset == ds) & (spec.arch == arch) & (spec.method == "dense") & (spec.radius != FULL)]
-    acc = df.assign(radius=df.radius.astype(float)).groupby(["radius", "band"]).acc.mean().unstack()
-    floor = 1 / classes + margin_pp / 100
-    return [float(r) for r, row in acc.iterrows() if row["low"] > floor and row["high"] > floor]
-
-
-def signature(spec: pd.DataFrame, ds, arch, radii: list[float]) -> tuple[str, dict]:
-    """Per sparsity, seed and evaluation: (low - high) agreement with the teacher over `radii`, for MBP and
-    its random control; returns the table and {evaluation: {sparsity: ([MBP], [control]) paired by seed}}."""
-    df = spec[(spec.dataset == ds) & (spec.arch == arch) & (spec.radius != FULL)]
-    df = df[df.radius.astype(float).isin(radii)]
-    lines = ["| sparsity | seed | evaluation | MBP low-pass | MBP high-pass | MBP low - high | control low - high "
-             "| MBP - control |", "|---|---|---|---|---|---|---|---|"]
-    pairs: dict = {e: {} for e in SIGNATURE}
-    for (s, seed), g in df[df.method.isin([v for p in SIGNATURE.values() for v in p])].groupby(["sparsity", "seed"]):
-        for evaluation, (mbp, control) in SIGNATURE.items():
-            band = {(m, b): g[(g.method == m) & (g.band == b)].agree.astype(float).mean()
-                    for m in (mbp, control) for b in ("low", "high")}
-            if any(pd.isna(v) for v in band.values()):
-                continue
-            d_mbp, d_ctrl = band[mbp, "low"] - band[mbp, "high"], band[control, "low"] - band[control, "high"]
-            lines.append(f"| {s} | {seed} | {evaluation} | {100 * band[mbp, 'low']:.1f} | "
-                         f"{100 * band[mbp, 'high']:.1f} | {100 * d_mbp:+.1f} | {100 * d_ctrl:+.1f} | "
-                         f"{100 * (d_mbp - d_ctrl):+.1f} |")
-            a, b = pairs[evaluation].setdefault(s, ([], []))
-            a.append(d_mbp)
-            b.append(d_ctrl)
-    return "\n".join(lines), pairs
-
-
 def report(cfg: Config) -> None:
     """Written into a temporary folder and published whole (publish.Staged: report.dir is checked first, and
     only our own files in it are replaced or removed): a report that fails part-way leaves the previous one as
@@ -268,11 +240,20 @@ def report(cfg: Config) -> None:
                               f"![heat maps](figures/heatmaps_{tag}_s{s}.png)", ""]
                 radii = signature_radii(spec, ds, arch, cfg.datasets[ds].classes, cfg.report.chance_margin)
                 sig_table, sig = signature(spec, ds, arch, radii)
-                lines += ["### Spectral signature of pruning (MBP topology, before retraining, against a control)", "",
-                          "Agreement of the pruned network with its dense teacher on low-pass images minus that on "
-                          "high-pass images, for the MBP topology and for a control: a random mask with MBP's "
-                          "per-layer counts (the same seed's mask as the `random` method), paired by seed. Both are "
-                          "evaluated as pruned (the dense network's batch-norm statistics) and after recalibrating "
+                col = measure(spec)
+                lines += ["### Spectral signature of pruning (MBP topology, before retraining, against controls)", "",
+                          f"Agreement ({MEASURES[col]}"
+                          + (", chance-corrected, × 100" if col == "kappa" else ", %; this report predates the "
+                             "chance-corrected measure") + ") of the pruned network with its dense teacher on "
+                          "low-pass images minus that on high-pass images, for the MBP topology and two controls, "
+                          "paired by seed: the same-count control, a " + CONTROLS["same-count"] + " (the same "
+                          "seed's mask as the `random` method; at equal counts a random mask does far more damage, "
+                          "and can sit at chance predicting one class), and the damage-matched control, a "
+                          + CONTROLS["damage-matched"] + f" (±{cfg.spectral.match_tolerance:g} percentage points): "
+                          "the same seeded random order, pruning the fraction of MBP's per-layer counts found by "
+                          f"bisection (at most {cfg.spectral.match_steps} steps; its sparsity and accuracy gap are "
+                          "shown; a seed outside the tolerance is shown but not paired). All are evaluated as "
+                          "pruned (the dense network's batch-norm statistics) and after recalibrating "
                           f"batch-norm statistics on {cfg.spectral.bn_batches} batches of {cfg.spectral.batch_size} "
                           "training images, at most the whole training set (forward passes only: no labels, no "
                           "weight change). Averaged over the "

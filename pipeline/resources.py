@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from .budget import spectral_images, split_sizes, total_epochs
+from .budget import signature_images, spectral_images, split_sizes, total_epochs
 from .config import Config
 
 COMPUTE = ("train_dense", "retrain", "chain", "spectral_dense", "spectral_pruned", "spectral")
@@ -24,10 +24,12 @@ REFERENCE_IMAGES = 50_000      # resources.minutes_per_epoch is the cost of one 
 FORWARD_PER_STEP = 3           # a forward pass costs about a third of a training step (forward + backward)
 
 
-def _spectral_epochs(cfg: Config, dataset: str) -> float:
-    """Forward passes of a spectral job (budget.spectral_images, with the teacher), in training epochs."""
+def _spectral_epochs(cfg: Config, dataset: str, rule: str) -> float:
+    """Forward passes of a spectral job (budget.spectral_images, with the teacher; the pruning signature's:
+    budget.signature_images), in training epochs."""
     train, test = split_sizes(cfg, dataset)
-    return spectral_images(cfg, test, teacher=True) / FORWARD_PER_STEP / train
+    images = signature_images(cfg, train, test) if rule == "spectral_pruned" else spectral_images(cfg, test, True)
+    return images / FORWARD_PER_STEP / train
 
 
 def minutes(cfg: Config, rule: str, wildcards: dict, attempt: int = 1) -> int:
@@ -46,7 +48,7 @@ def minutes(cfg: Config, rule: str, wildcards: dict, attempt: int = 1) -> int:
         levels = cfg.grid.sparsities if rule == "chain" else None
         epochs = float(total_epochs(cfg, wildcards["method"], levels))
     else:
-        epochs = _spectral_epochs(cfg, dataset)
+        epochs = _spectral_epochs(cfg, dataset, rule)
     cost = r.minutes_per_epoch[arch] * train / REFERENCE_IMAGES * cfg.model.width ** 2
     return math.ceil(r.runtime_min + r.runtime_margin * epochs * cost) * attempt
 

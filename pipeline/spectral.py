@@ -91,8 +91,25 @@ def teacher_bands(teacher, data: Data, rt: Runtime, spec) -> dict | None:
     return band_predictions(teacher, data, fp32(rt), spec.radii, spec.filter, spec.batch_size)
 
 
+def kappa(a: torch.Tensor, b: torch.Tensor, classes: int) -> list[float]:
+    """Cohen's kappa between two raters' class predictions along the last dim, one value per leading row:
+    (p_o - p_e) / (1 - p_e), p_o the observed agreement, p_e the agreement expected by chance from each
+    rater's own class frequencies, sum_k p_a(k) p_b(k). Raw agreement rewards a network that predicts one
+    constant class wherever the teacher mostly predicts it; kappa gives it 0. When p_e = 1 (both raters predict
+    the same single class throughout) all agreement is expected by chance: kappa is 0 by this convention."""
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    n = a.shape[-1]
+    out = []
+    for x, y in zip(a, b):
+        p_o = (x == y).double().mean()
+        p_e = (torch.bincount(x, minlength=classes).double() * torch.bincount(y, minlength=classes)).sum() / n**2
+        out.append(0.0 if p_e >= 1 else min(1.0, max(-1.0, float((p_o - p_e) / (1 - p_e)))))   # rounding
+    return out
+
+
 def band_scores(model, data: Data, rt: Runtime, spec, teacher_bp: dict | None = None) -> dict:
-    """Accuracy per band and radius and, given the teacher's band predictions, agreement with them."""
+    """Accuracy per band and radius and, given the teacher's band predictions, agreement with them, raw and
+    chance-corrected (Cohen's kappa)."""
     bp = band_predictions(model, data, fp32(rt), spec.radii, spec.filter, spec.batch_size)
     y = data.test_y
     out = {"radii": [float(r) for r in spec.radii] + [FULL], "filter": spec.filter}
@@ -101,6 +118,7 @@ def band_scores(model, data: Data, rt: Runtime, spec, teacher_bp: dict | None = 
     if teacher_bp is not None:
         for band in ("low", "high"):
             out[f"{band}_agree"] = (bp[band] == teacher_bp[band]).float().mean(1).tolist()
+            out[f"{band}_kappa"] = kappa(bp[band], teacher_bp[band], data.classes)
     return out
 
 

@@ -110,8 +110,8 @@ def retrain(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, me
 def spectral(cfg: Config, data: str, model: str, out: str, teacher: str | None = None, mask: str | None = None,
              control_seed: int | None = None, tags: dict | None = None) -> None:
     """Band-limited accuracy, agreement with the teacher, Fourier heat map, for one model. With a mask: the
-    pruned topology before any retraining, as is, after batch-norm recalibration, and against a random
-    mask with its per-layer counts (signature.py; the control's seed is `control_seed`)."""
+    pruned topology before any retraining, as is, after batch-norm recalibration, and against random masks
+    with its per-layer counts and damage-matched to it (signature.py; the controls' seed is `control_seed`)."""
     if mask is not None and (control_seed is None or teacher is None):
         raise ConfigError("spectral --mask needs --control-seed (the random control mask's seed) and --teacher")
     rt = T.runtime(cfg)

@@ -56,13 +56,42 @@ def signature_spec(seeds=(0, 1, 2)):
 def test_signature_pairs_mbp_with_its_control_by_seed_over_the_kept_radii():
     table, pairs = R.signature(signature_spec(), "d", "a", [4.0, 8.0])
     # as pruned: MBP low - high = mean(0.9 + 0.01 seed, 0.7) - mean(0.3, 0.3) = 0.5 + 0.005 seed; control 0.3
-    mbp, control = pairs["as pruned"][0.9]
+    # (a report without kappa or the damage-matched control: raw agreement, the same-count control only)
+    assert set(pairs) == {(e, "same-count", "raw agreement") for e in R.SIGNATURE}
+    mbp, control = pairs["as pruned", "same-count", "raw agreement"][0.9]
     assert mbp == pytest.approx([0.5, 0.505, 0.51]) and control == pytest.approx([0.3, 0.3, 0.3])
     # after recalibration: MBP 0.8 - 0.5 + 0.005 seed = 0.3 + ...; control 0.7 - 0.5 = 0.2
-    mbp, control = pairs["after batch-norm recalibration"][0.9]
+    mbp, control = pairs["after batch-norm recalibration", "same-count", "raw agreement"][0.9]
     assert mbp == pytest.approx([0.3, 0.305, 0.31]) and control == pytest.approx([0.2, 0.2, 0.2])
     assert len(table.splitlines()) == 2 + 3 * 2
-    assert "| 0.9 | 0 | as pruned | 80.0 | 30.0 | +50.0 | +30.0 | +20.0 |" in table
+    assert "| 0.9 | 0 | as pruned | 80.0 | 30.0 | +50.0 | +30.0 | +20.0 | - | - | - |" in table
+
+
+def test_signature_reads_kappa_and_pairs_the_damage_matched_control_only_within_its_tolerance():
+    spec = signature_spec()
+    spec = spec.assign(kappa=spec.agree - 0.1)         # kappa = agreement - 0.1: every low - high is unchanged
+    spec.loc[spec.radius == 2.0, "kappa"] = 0.9        # left out (radius 2 is not kept): would change everything
+    extra = []
+    for seed in SEEDS:                                 # matched: low - high 0.1 (as pruned), 0.0 (recalibrated)
+        for m, low, high in (("matched_mask", 0.5, 0.4), ("matched_mask_bn", 0.45, 0.45)):
+            for radius in (4.0, 8.0):
+                extra += [{**r, "match_sparsity": 0.6, "match_gap": -0.004,
+                           "matched": seed != 2 or m.endswith("bn")} for r in rows(m, seed, 0.9, radius, low, high,
+                                                                               "kappa")]
+    table, pairs = R.signature(pd.concat([spec, pd.DataFrame(extra)]), "d", "a", [4.0, 8.0])
+    assert set(pairs) == {(e, c, "Cohen's kappa") for e in R.SIGNATURE for c in ("same-count", "damage-matched")}
+    mbp, control = pairs["as pruned", "same-count", "Cohen's kappa"][0.9]
+    assert mbp == pytest.approx([0.5, 0.505, 0.51]) and control == pytest.approx([0.3, 0.3, 0.3])
+    # seed 2's as-pruned search ended outside its tolerance: shown, not paired
+    mbp, control = pairs["as pruned", "damage-matched", "Cohen's kappa"][0.9]
+    assert mbp == pytest.approx([0.5, 0.505]) and control == pytest.approx([0.1, 0.1])
+    mbp, control = pairs["after batch-norm recalibration", "damage-matched", "Cohen's kappa"][0.9]
+    assert mbp == pytest.approx([0.3, 0.305, 0.31]) and control == pytest.approx([0.0, 0.0, 0.0])
+    # kappa 0.8 = agreement 0.9 - 0.1 on the low-pass side at radius 4, 0.6 at radius 8: 70.0 (seed 2: 71.0)
+    assert "| 0.9 | 0 | as pruned | 70.0 | 20.0 | +50.0 | +30.0 | +20.0 | s=0.600, -0.4 pp | +10.0 | +40.0 |" \
+        in table
+    assert "| 0.9 | 2 | as pruned | 71.0 | 20.0 | +51.0 | +30.0 | +21.0 | s=0.600, -0.4 pp, NOT matched | +10.0 | - |" \
+        in table
 
 
 # ------------------------------------------------------------------------------------------ claims section
@@ -205,6 +234,10 @@ def test_the_signature_claim_comes_from_the_paired_difference_with_the_control()
     cfg = config()
     lines = CL.section(pd.DataFrame(cell_rows()), cfg, {("synthetic", "resnet20"): sig})
     as_pruned, recalibrated = rows_of(lines, f"| {CL.SIGNATURE_CLAIM}")
+    # the claim says which control it is judged against, the test which measure and evaluation
+    assert as_pruned.startswith(f"| {CL.SIGNATURE_CLAIM}, judged against the same-count control | raw agreement "
+                                "with the teacher, low-pass - high-pass, MBP topology - random mask with MBP's "
+                                "per-layer counts, as pruned, before retraining |")
     # MBP - control = 0.2 + 0.005 seed: mean +20.50, sd 0.5 pp: held
     assert "as pruned" in as_pruned and "**held**" in as_pruned and "s=0.9: +20.50" in as_pruned
     assert "after batch-norm recalibration" in recalibrated and "s=0.9: +10.50" in recalibrated

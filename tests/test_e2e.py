@@ -211,6 +211,7 @@ def test_prune_exclude_end_to_end(tmp_path):
     model = torch.load(repo / f"runs/exclude/retrain/{cell}/finetune/model.pt", weights_only=True)
     assert "fc.weight" not in model["masks"] and bool((model["state"]["fc.weight"] != 0).all())
     spectral = json.loads((repo / f"runs/exclude/spectral/{cell}/pruned.json").read_text())
-    assert set(spectral["variants"]) == {"pruned_bn", "random_mask", "random_mask_bn"}
+    assert set(spectral["variants"]) == {"pruned_bn", "random_mask", "random_mask_bn", "matched_mask",
+                                         "matched_mask_bn"}
     rows = list(csv.DictReader((repo / "runs" / "exclude" / "report" / "summary.csv").open()))
     assert {r["method"] for r in rows} == {"dense", "finetune"}

@@ -78,6 +78,9 @@ def test_report_exits_3_on_a_bad_metrics_value_never_a_traceback(reported):
     ({"variants": {"random_mask": {"radii": [1.0, "full"], "low_acc": [0.1, "x"]}}},
      "variants.random_mask.low_acc[1] = 'x'", "must be a number in [0, 1]"),
     ({"heatmap_seconds": None}, "heatmap_seconds = None", "must be a non-negative number"),
+    ({"low_kappa": [0.5, -1.5]}, "low_kappa[1] = -1.5", "must be a number in [-1, 1] (Cohen's kappa)"),
+    ({"variants": {"matched_mask": {"match": {"sparsity": 1.2}}}}, "variants.matched_mask.match.sparsity = 1.2",
+     "must be a number in [0, 1]"),
 ])
 def test_spectral_json_values_are_checked(change, where, says, tmp_path):
     path = tmp_path / "pruned.json"

@@ -71,8 +71,12 @@ def test_estimate_counts_images_and_hours_per_job():
     # spectral: 8 bands (7 radii + full) x low/high x 256 test images (x2 with the teacher) + 16 x 514 heat map
     spec = rows["spectral"]
     no_teacher, with_teacher = 2 * 8 * 256 + 16 * 514, 2 * 8 * 256 * 2 + 16 * 514
-    n_with = spec["jobs"] - 1                                  # only the dense model's job has no teacher
-    assert spec["images"] == no_teacher + n_with * with_teacher
+    # the pruning signature (one job): teacher + 6 variants' bands, the heat map, recalibration on
+    # min(20 x 512, 1024) = 1024 images 2 + 15 times (12 steps + 3), full-band passes 2 x 15 x 256
+    signature = 7 * 2 * 8 * 256 + 16 * 514 + 17 * 1024 + 2 * 15 * 256
+    assert P.signature_images(cfg, 1024, 256) == signature == 61984
+    n_with = spec["jobs"] - 2                                  # the dense model's job has no teacher
+    assert spec["images"] == no_teacher + n_with * with_teacher + signature
     assert spec["seconds"] == pytest.approx(spec["images"] / 8192)
     assert all(not r["missing"] for r in rows.values())
 

@@ -71,9 +71,9 @@ def check_verdicts(cfg, summary, sigs, lines) -> int:
     declared = {(c.method, c.baseline): c for c in cfg.report.claims}
     n = 0
     for cell, cells, verdict in verdict_rows(lines):
-        if cells[0] == CL.SIGNATURE_CLAIM:
-            evaluation = next(e for e in R.SIGNATURE if f", {e}, " in cells[1])
-            by_s = sigs[cell][evaluation]
+        if cells[0].startswith(CL.SIGNATURE_CLAIM):
+            key = next(k for k in sigs[cell] if (cells[0], cells[1]) == (CL.signature_claim(k), CL.signature_test(k)))
+            by_s = sigs[cell][key]
             diffs = [V.difference(s, a, b) for s, (a, b) in sorted(by_s.items())]
             assert verdict == V.judge(diffs, margin, alpha).verdict, (cell, cells[:2])
         else:

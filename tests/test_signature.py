@@ -53,7 +53,8 @@ def test_every_topology_variant(data):
     spec = SpectralCfg(radii=[2, 8], filter="circle", batch_size=32, heatmap_images=2, heatmap_eps=4.0,
                        bn_batches=1)
     out = SG.evaluate_topologies(dense, masks, 7, data, RT, spec, teacher)
-    assert set(out["variants"]) == {"pruned_bn", "random_mask", "random_mask_bn"} and out["control_seed"] == 7
+    assert set(out["variants"]) == {"pruned_bn", "random_mask", "random_mask_bn", "matched_mask",
+                                    "matched_mask_bn"} and out["control_seed"] == 7
     assert out["variants"]["pruned_bn"]["bn_images"] == 32 and out["variants"]["random_mask"]["bn_images"] == 0
 
     def expected(mask, bn):
@@ -69,9 +70,25 @@ def test_every_topology_variant(data):
     for name, mask, bn in (("pruned_bn", masks, True), ("random_mask", control, False),
                            ("random_mask_bn", control, True)):
         assert {k: out["variants"][name][k] for k in as_is} == expected(mask, bn), name
-    # the network handed in was changed in place: it ends as the last variant, the control mask applied
+    # the damage-matched controls: the seeded random order at the fraction found, scored like the others, its
+    # accuracy matched against MBP's own (as pruned; after recalibration), within the tolerance or said not to be
+    for name, bn in (("matched_mask", False), ("matched_mask_bn", True)):
+        v = out["variants"][name]
+        match = v["match"]
+        mask = M.random_fraction(masks, 7, match["fraction"])
+        assert {k: v[k] for k in as_is} == expected(mask, bn), name
+        mbp = models.build("resnet20", 4, 0.25, seed=1).eval()
+        M.apply(dict(mbp.named_parameters()), masks)
+        if bn:
+            SG.recalibrate_bn(mbp, data, RT, 1, 32)
+        assert match["target"] == SG.full_accuracy(mbp, data, RT, 32)
+        assert match["matched"] == (abs(match["acc"] - match["target"]) <= match["tolerance"] == 0.01)
+        assert match["sparsity"] == M.stats(mask)["sparsity"] and match["steps"] == len(match["trace"])
+        assert v["bn_images"] == (32 if bn else 0)
+    # the network handed in was changed in place: it ends as the last variant, its matched mask applied
     w = models.prunable(dense)
-    assert all(torch.equal(w[n] == 0, ~control[n]) for n in control)
+    last = M.random_fraction(masks, 7, out["variants"]["matched_mask_bn"]["match"]["fraction"])
+    assert all(torch.equal(w[n] == 0, ~last[n]) for n in last)
 
 
 def test_the_pruned_signature_needs_its_control_seed_and_teacher_before_any_compute(tmp_path):
@@ -82,3 +99,63 @@ def test_the_pruned_signature_needs_its_control_seed_and_teacher_before_any_comp
             stages.spectral(cfg, data=str(tmp_path / "missing.pt"), model="m.pt", out=str(tmp_path / "o.json"),
                             mask="mask.pt", **kw)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_kappa_against_a_hand_count():
+    model = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 2, 2, 2], [0] * 10, [0] * 10, [2, 2, 0, 0, 0, 1, 1, 1, 2, 2]])
+    teach = torch.tensor([[0, 0, 0, 1, 1, 1, 2, 2, 2, 0], [0, 0, 0, 1, 1, 1, 2, 2, 2, 0], [0] * 10,
+                          [2, 2, 0, 0, 0, 1, 1, 1, 2, 2]])
+    # row 0: 7 of 10 agree; both predict 0, 1, 2 in 4, 3, 3 images: p_e = (16 + 9 + 9) / 100 = 0.34;
+    # kappa = (0.7 - 0.34) / 0.66 = 6 / 11. Row 1: one constant class agrees 40% of the time, all of it
+    # chance (p_e = 1 x 0.4): 0. Row 2: both constant, the same class: p_e = 1, kappa 0 by convention.
+    # Row 3: perfect agreement, 1.
+    assert S.kappa(model, teach, 3) == pytest.approx([6 / 11, 0.0, 0.0, 1.0], abs=1e-12)
+    assert S.kappa(torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 1, 0]), 2) == [-1.0]   # always opposite
+
+
+def test_random_fraction_scales_mbps_per_layer_counts_and_nests():
+    mask = {"a": torch.tensor([True, False, False, False, True, False, True, False]),        # 5 pruned
+            "b": torch.tensor([[False, True], [True, True]])}                                 # 1 pruned
+    assert all(torch.equal(M.random_fraction(mask, 3, 1.0)[n], M.random_like(mask, 3)[n]) for n in mask)
+    # round(0.5 * 5) = 2 (half to even), round(0.5 * 1) = 0; round(0.7 * 5) = 4, round(0.7 * 1) = 1
+    half, more = M.random_fraction(mask, 3, 0.5), M.random_fraction(mask, 3, 0.7)
+    assert [int((~half[n]).sum()) for n in mask] == [2, 0] and [int((~more[n]).sum()) for n in mask] == [4, 1]
+    assert all(not (~half[n] & more[n]).any() for n in mask)                 # nested: more prunes a superset
+    assert all(m.all() for m in M.random_fraction(mask, 3, 0.0).values())
+
+
+class _Counted:
+    """full_accuracy stand-in: the kept fraction of the prunable weights (so accuracy falls as the fraction of
+    MBP's counts rises, like a network's, and every step of the bisection is known in advance)."""
+
+    def __call__(self, net, data, rt, batch):
+        w = models.prunable(net)
+        return sum(int((p != 0).sum()) for p in w.values()) / sum(p.numel() for p in w.values())
+
+
+@pytest.mark.parametrize("target,tol,steps,fractions,matched", [
+    # kept = 1 - 0.9 f (up to rounding of counts): f = 1 -> 0.10 (too much damage), 0.5 -> 0.55, 0.75 -> 0.325,
+    # 0.875 -> 0.2125, 0.8125 -> 0.269, 0.78125 -> 0.297 (within 1 pp of 0.30)
+    (0.30, 1.0, 12, [1, 0.5, 0.75, 0.875, 0.8125, 0.78125], True),
+    (0.30, 1.0, 3, [1, 0.5, 0.75, 0.875], False),           # the step limit: the closest found (0.75) is kept
+    (0.05, 1.0, 12, [1], False),                            # even MBP's counts at random do less damage
+])
+def test_damage_matched_bisects_the_fraction_until_within_its_tolerance(monkeypatch, data, target, tol, steps,
+                                                                       fractions, matched):
+    monkeypatch.setattr(SG, "full_accuracy", _Counted())
+    net = models.build("resnet20", 4, 0.25, seed=1).eval()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    masks = M.global_magnitude(models.prunable(net), 0.9)
+    spec = SpectralCfg(match_tolerance=tol, match_steps=steps)
+    found = SG.damage_matched(net, state, masks, 7, target, data, RT, spec, bn=False)
+    match = found["match"]
+    assert [f for f, _ in match["trace"]] == fractions and match["steps"] == len(fractions)
+    assert match["matched"] is matched and match["tolerance"] == tol / 100
+    best = min(match["trace"], key=lambda t: abs(t[1] - target))
+    assert (match["fraction"], match["acc"]) == tuple(best) and match["gap"] == match["acc"] - target
+    if matched:
+        assert abs(match["acc"] - target) <= tol / 100
+    # the network is left with the reported mask, and the reported accuracy is its own
+    assert all(torch.equal(found["mask"][n], m) for n, m in M.random_fraction(masks, 7, match["fraction"]).items())
+    assert match["acc"] == _Counted()(net, data, RT, 0)
+    assert match["sparsity"] == pytest.approx(1 - match["acc"])
