@@ -50,6 +50,16 @@ def _train(tmp_path, loss_name, graphs, fault=None, strict=False, fallbacks=None
     return out, emulation
 
 
+_EAGER: dict = {}
+
+
+def _eager(tmp_path, loss_name):
+    """The eager run of `loss_name`, once per test session (it is deterministic on the CPU)."""
+    if loss_name not in _EAGER:
+        _EAGER[loss_name] = _train(tmp_path, loss_name, graphs=False)[0]
+    return _EAGER[loss_name]
+
+
 def _same_weights(a, b):
     for n, t in a["model"].state_dict().items():
         assert torch.equal(t, b["model"].state_dict()[n]), f"{n} differs between captured and eager"
@@ -57,7 +67,7 @@ def _same_weights(a, b):
 
 @pytest.mark.parametrize("loss_name", ["ce", "kd", "fourier_kd"])
 def test_captured_training_equals_eager_under_graph_semantics(tmp_path, loss_name):
-    eager, _ = _train(tmp_path, loss_name, graphs=False)
+    eager = _eager(tmp_path, loss_name)
     capt, emu = _train(tmp_path, loss_name, graphs=True)
     steps = 96 // 16
     # one capture per epoch (the radius and lr are constants only within one), after WARMUP eager steps;
@@ -75,7 +85,7 @@ def test_a_replay_without_the_new_batch_would_be_caught(tmp_path, monkeypatch):
     """The emulation can fail: a CapturedStep that forgets to copy the batch into its static input trains
     on a stale batch (which the first-capture check cannot see: the first replay's batch is the captured
     one), and the weights then differ from eager."""
-    eager, _ = _train(tmp_path, "ce", graphs=False)
+    eager = _eager(tmp_path, "ce")
 
     def no_copy(self, x, y):
         self.graph.replay()                     # the bug: no copy of (x, y) into the static buffers
@@ -104,7 +114,7 @@ def test_a_failing_capture_falls_back_to_the_eager_steps(tmp_path, capsys, fault
     """The job finishes with exactly the eager run's weights and metrics (the batch of the failed capture or
     replay is trained once, eagerly, from the state before it), one warning line names runtime.cuda_graphs
     and the reason, and the reason reaches on_fallback (the MLflow tags, stages._train)."""
-    eager, _ = _train(tmp_path, "ce", graphs=False)
+    eager = _eager(tmp_path, "ce")
     capsys.readouterr()
     reasons = []
     capt, emu = _train(tmp_path, "ce", graphs=True, fault=fault, fallbacks=reasons)
