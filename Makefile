@@ -17,9 +17,10 @@ FAST_TESTS := tests/test_config.py tests/test_dag.py tests/test_frequency.py tes
               tests/test_progress.py tests/test_mlflow_runs.py tests/test_readme.py tests/test_verdicts.py \
               tests/test_train_step.py tests/test_captured.py tests/test_plan.py tests/test_resources.py \
               tests/test_models.py tests/test_recipes.py tests/test_teacher.py tests/test_report_tables.py \
-              tests/test_versions.py
+              tests/test_versions.py tests/test_cost.py tests/test_index.py
 
-.PHONY: install smoke reproduce reproduce-slurm test test-fast ui bench dvc-smoke dvc-adopt clean-smoke publish dag
+.PHONY: install smoke reproduce reproduce-slurm test test-fast ui bench dvc-smoke dvc-adopt clean-smoke publish dag \
+        push pull pull-teachers
 
 install: $(STAMP)
 $(STAMP): pyproject.toml $(LOCK)
@@ -64,6 +65,24 @@ dvc-smoke: $(STAMP)      ## the same smoke DAG through DVC (dvc.yaml and dvc.par
 dvc-adopt: $(STAMP)      ## after `make smoke`: DVC records Snakemake's outputs as up to date, computing nothing
 	dvc commit -f -q
 	snakemake --touch --cores 1 --configfile configs/$(EXPERIMENT).yaml --quiet all
+
+# Sharing through a DVC remote (README: Sharing what was computed). The remote is each clone's own setting
+# (`dvc remote add -d --local NAME URL`, kept in the git-ignored .dvc/config.local): the project commits none.
+# dvc.lock says what to pull: commit it after `make push`. A pull re-times the files in the DAG's order
+# (snakemake --touch), as dvc-adopt does, so that neither tool runs again what was pulled.
+push: $(STAMP)           ## after dvc-adopt (or dvc repro): every output dvc.lock records, to the DVC remote
+	dvc push
+	@echo "pushed; commit dvc.lock (git add dvc.lock && git commit) so that a clone can pull by it"
+
+pull: $(STAMP)           ## every output dvc.lock records, from the DVC remote; nothing is left to run
+	@test -f dvc.lock || { echo "no dvc.lock: check out the commit that shared the run (make push)"; exit 2; }
+	dvc pull
+	snakemake --touch --cores 1 --configfile configs/$(EXPERIMENT).yaml --quiet all
+
+pull-teachers: $(STAMP)  ## only the prepared data and the dense teachers; a run then starts at pruning
+	@test -f dvc.lock || { echo "no dvc.lock: check out the commit that shared the run (make push)"; exit 2; }
+	dvc pull $$(dvc stage list --name-only | grep -E '^(prepare|train_dense)-')
+	snakemake teachers --touch --cores 1 --quiet all --configfile configs/$(EXPERIMENT).yaml   # target first
 
 dag: $(STAMP)            ## docs/dag.svg, the rule graph (needs graphviz's `dot`)
 	mkdir -p docs

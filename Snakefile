@@ -48,6 +48,14 @@ rule all:
         f"{REPORT}/summary.csv",
 
 
+rule teachers:
+    """Target: the prepared data and the dense teachers only (`make pull-teachers` re-times what it pulled)."""
+    input:
+        expand(RUNS + "/data/{dataset}.pt", dataset=G.datasets),
+        expand(DENSE + "/{f}", dataset=G.datasets, arch=G.archs, seed=G.seeds, f=("model.pt", "snapshots.pt",
+                                                                                  "metrics.json")),
+
+
 rule prepare:
     """One dataset into a checksummed train/val/test file (torchvision, imagefolder or synthetic)."""
     output:

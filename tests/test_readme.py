@@ -38,6 +38,10 @@ CHECKS = {
          ""),
     "snakemake --report report.html --configfile configs/smoke.yaml": ("test", E2E),
     "make dag": ("run", "make dag && grep -c '<svg' docs/dag.svg", "1"),
+    **{cmd: ("test", "tests/test_share.py (three clones and a folder remote; the same commands)") for cmd in (
+        "dvc remote add -d --local shared /shared/fourier-mbp-dvc", "make push EXPERIMENT=smoke",
+        'git add dvc.lock && git commit -m "share the smoke run"', "make pull EXPERIMENT=smoke",
+        "make pull-teachers EXPERIMENT=smoke")},
 }
 
 
