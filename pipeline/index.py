@@ -24,11 +24,15 @@ def describe(report: Path) -> dict:
     head["Written"] = written.group(1) if written else "?"
     claims = []
     section = text.split("\n## Claims", 1)[1].split("\n## ", 1)[0] if "\n## Claims" in text else ""
+    cell = ""                      # the section's "### dataset / arch" heading (older reports: a data column)
     for line in section.splitlines():
+        if line.startswith("### "):
+            cell = line[4:].strip().replace(" / ", "/")
+            continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         bold = [c for c in cells if re.fullmatch(r"\*\*[^*]+\*\*", c)]
         if line.startswith("|") and bold:
-            where = next((c for c in cells if re.fullmatch(r"[\w.-]+/[\w.-]+", c)), "")
+            where = next((c for c in cells if re.fullmatch(r"[\w.-]+/[\w.-]+", c)), cell)
             claims.append((f"{cells[0]} — {cells[1]}", where, bold[0].strip("*")))
     return {**head, "claims": claims}
 

@@ -45,6 +45,37 @@ def test_index_lists_each_experiment_with_its_data_hardware_seeds_and_verdicts(t
     assert "- A beats C — a - c (d/a): **not enough evidence**" in text
 
 
+CLAIMS_BY_CELL = """## Claims
+
+Every claim, judged in each cell.
+
+### d / a
+
+Against every baseline:
+
+| claim | baseline's budget | verdict | difference | p | images | s | power |
+|---|---|---|---|---|---|---|---|
+| a vs b | retrain budget | **held** | +1.0 | 0.01 / 0.9 | 1.00 | 1.00 | - |
+
+Controls (what each part contributes), worded from the numbers:
+
+| question | comparison | verdict | finding |
+|---|---|---|---|
+| does order matter? | a vs a_anti | **worse** | a is worse |
+
+### Across cells
+
+- a vs b: held in 1 of 1 (after Holm across cells: 1); held in every cell: yes
+"""
+
+
+def test_claims_judged_per_cell_take_the_cell_from_their_heading(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "README.md").write_text(REPORT.split("## Claims")[0] + CLAIMS_BY_CELL)
+    assert index.describe(tmp_path / "x" / "README.md")["claims"] == [
+        ("a vs b — retrain budget", "d/a", "held"), ("does order matter? — a vs a_anti", "d/a", "worse")]
+
+
 def test_a_folder_without_a_report_header_is_refused_naming_it(tmp_path):
     (tmp_path / "y").mkdir()
     (tmp_path / "y" / "README.md").write_text("# notes\n- Data: mine\n")
