@@ -19,7 +19,7 @@ FAST_TESTS := tests/test_config.py tests/test_dag.py tests/test_frequency.py tes
               tests/test_models.py tests/test_recipes.py tests/test_teacher.py tests/test_report_tables.py \
               tests/test_versions.py tests/test_cost.py tests/test_index.py
 
-.PHONY: install smoke reproduce reproduce-slurm test test-fast ui bench dvc-smoke dvc-adopt clean-smoke publish dag \
+.PHONY: install smoke reproduce reproduce-slurm test test-fast mutation ui bench dvc-smoke dvc-adopt clean-smoke publish dag \
         push pull pull-teachers
 
 install: $(STAMP)
@@ -46,6 +46,9 @@ reproduce-slurm: $(STAMP) ## the paper's grid, every job a SLURM job (profiles/s
 
 test: $(STAMP)           ## unit, reliability and end-to-end tests (offline)
 	$(PY) -m pytest -q
+
+mutation: $(STAMP)       ## the mutation check alone (part of make test): every bug in tests/mutants.yaml must fail a test
+	$(PY) -m pytest -q tests/test_mutation.py
 
 test-fast: $(STAMP)      ## unit tests only (a few minutes)
 	$(PY) -m pytest -q $(FAST_TESTS)

@@ -316,6 +316,20 @@ def test_outputs_honour_the_umask(umask, mode, tmp_path):
 # ------------------------------------------------------------------------------------------ checksums
 
 
+def test_a_prepared_dataset_is_compared_with_the_checksum_of_its_description(tmp_path):
+    """data.load checks the file against the sha256 that prepare wrote beside it: another dataset saved at the
+    same path by the pipeline (its own content checksum valid) is refused."""
+    from pipeline import data as D
+    cfg = C.load("smoke")
+    path = tmp_path / "data.pt"
+    D.prepare(cfg, "synthetic", path)
+    assert D.load(path)["sha256"] == io.sha256(path)
+    blob = io.load(path, "dataset")
+    io.save({**blob, "test_y": (blob["test_y"] + 1) % 10}, path)       # valid file, not the one described
+    with pytest.raises(CorruptFile, match=f"^{path}: checksum .* does not match .* in {path}.json"):
+        D.load(path)
+
+
 def test_every_saved_file_verifies_its_checksum(tmp_path):
     net = models.build("resnet20", 10, 0.25)
     path = tmp_path / "m.pt"
