@@ -476,7 +476,7 @@ def _check(c: Config) -> None:
     _need(s.heatmap_eps > 0, "spectral.heatmap_eps", s.heatmap_eps, "positive")
     _need(s.bn_batches > 0, "spectral.bn_batches", s.bn_batches, "a positive integer")
     _need(0 < s.match_tolerance < 100, "spectral.match_tolerance", s.match_tolerance,
-          "in (0, 100) (percentage points of full-band test accuracy)")
+          "in (0, 100) (percentage points of full-band validation accuracy)")
     _need(s.match_steps >= 0, "spectral.match_steps", s.match_steps, "a non-negative integer")
     _need(c.report.equivalence_margin > 0, "report.equivalence_margin", c.report.equivalence_margin,
           "positive (percentage points)")

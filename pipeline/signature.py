@@ -9,7 +9,7 @@ control. Two controls, each a random mask seeded by the model's seed:
   counts a random mask does far more damage than MBP and can sit at chance (predicting one class), so a
   difference from it may only say that MBP damages less;
 - damage-matched: the same seeded random order, pruning a fraction of MBP's per-layer counts found by
-  bisection (masks.random_fraction) so that its full-band test accuracy matches MBP's within
+  bisection (masks.random_fraction) so that its full-band VALIDATION accuracy matches MBP's within
   spectral.match_tolerance percentage points, as pruned and after recalibration each against MBP's own
   (matched separately). A difference from it is a difference in WHICH frequencies survive, at equal damage.
 Agreement with the teacher is reported raw and chance-corrected (Cohen's kappa, spectral.kappa). The report
@@ -53,14 +53,15 @@ def recalibrate_bn(model: nn.Module, data: Data, rt: Runtime, batches: int, batc
 
 
 def full_accuracy(model: nn.Module, data: Data, rt: Runtime, batch: int) -> float:
-    """Test accuracy on the full band (unfiltered test images), in fp32: what the damage-matched control
-    matches, measured the same way for MBP and for every candidate mask."""
-    return (predict(model, data, data.test_x, S.fp32(rt), batch) == data.test_y).float().mean().item()
+    """Validation accuracy on the full band (unfiltered held-out training images), in fp32: what the
+    damage-matched control matches, measured the same way for MBP and for every candidate mask. The match
+    chooses the control's sparsity, so it reads the validation split, never the test set the signature reports."""
+    return (predict(model, data, data.val_x, S.fp32(rt), batch) == data.val_y).float().mean().item()
 
 
 def damage_matched(net: nn.Module, state: dict, masks: dict, seed: int, target: float, data: Data, rt: Runtime,
                    spec, bn: bool) -> dict:
-    """The random mask (masks.random_fraction of MBP's per-layer counts, seeded) whose full-band test
+    """The random mask (masks.random_fraction of MBP's per-layer counts, seeded) whose full-band validation
     accuracy is within spectral.match_tolerance percentage points of `target` (MBP's), found by bisection on
     the fraction in [0, 1]: more pruning while the candidate is more accurate than MBP, less while it is less.
     Starts at fraction 1 (the same-count control); stops when within tolerance, after spectral.match_steps

@@ -18,7 +18,7 @@ from .spectral import FULL
 SIGNATURE = {"as pruned": ("pruned", "random_mask", "matched_mask"),
              "after batch-norm recalibration": ("pruned_bn", "random_mask_bn", "matched_mask_bn")}
 CONTROLS = {"same-count": "random mask with MBP's per-layer counts",
-            "damage-matched": "random mask whose full-band test accuracy matches MBP's within its tolerance"}
+            "damage-matched": "random mask whose full-band validation accuracy matches MBP's within its tolerance"}
 MEASURES = {"kappa": "Cohen's kappa", "agree": "raw agreement"}
 
 

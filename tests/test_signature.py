@@ -159,3 +159,18 @@ def test_damage_matched_bisects_the_fraction_until_within_its_tolerance(monkeypa
     assert all(torch.equal(found["mask"][n], m) for n, m in M.random_fraction(masks, 7, match["fraction"]).items())
     assert match["acc"] == _Counted()(net, data, RT, 0)
     assert match["sparsity"] == pytest.approx(1 - match["acc"])
+
+
+def test_the_damage_match_reads_the_validation_split_never_the_test_set(data):
+    """The match picks the control's sparsity (a selection), so it must not see the test labels it reports on:
+    full_accuracy equals the hand-counted validation accuracy, and scrambling the test labels changes nothing."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4)).eval()
+    with torch.no_grad():
+        hand = (net(data.normalize(data.val_x.float() / 255)).argmax(1) == data.val_y).float().mean().item()
+    test_y = data.test_y.clone()
+    try:
+        data.test_y = (test_y + 1) % 4
+        assert SG.full_accuracy(net, data, RT, 8) == pytest.approx(hand, abs=1e-7)
+    finally:
+        data.test_y = test_y
