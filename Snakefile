@@ -143,7 +143,7 @@ rule retrain:
 
 
 rule chain:
-    """Stage 2 for the iterative methods (imp, lth, lth_init): ONE chain per dense network, whose levels are
+    """Stage 2 for the iterative methods (imp, lth, lth_init, lrr): ONE chain per dense network, whose levels are
     the grid's sparsities; each level's model is that (sparsity, method)'s retrained model."""
     input:
         data=rules.prepare.output.data,

@@ -34,28 +34,31 @@ def split_sizes(cfg: Config, dataset: str) -> tuple[int, int]:
     return train - d.val_size, test
 
 
-def iterative_targets(sparsity: float, rounds: int) -> list[float]:
-    """Sparsity after each round when every round prunes the same fraction of the remaining weights;
-    the last round lands exactly on `sparsity`."""
-    keep = (1.0 - sparsity) ** (1.0 / rounds)
-    return [1.0 - keep ** r for r in range(1, rounds)] + [sparsity]
-
-
-def chain_targets(levels: list[float], rounds: int) -> list[tuple[float, float | None]]:
+def chain_targets(levels: list[float], rate: float) -> list[tuple[float, float | None]]:
     """ONE iterative chain through every level (the grid's sparsities): [(sparsity after the round, the level
-    it completes or None)]. Every round prunes about the fraction that `rounds` equal rounds to the highest
-    level would: each level gets a whole number of rounds (at least one; halves round up), which prune equal
-    fractions, its last landing exactly on the level. A single level gives exactly iterative_targets(level,
-    rounds): the chain is the per-target schedule when the grid has one sparsity."""
-    levels = sorted(levels)
-    keep = (1.0 - levels[-1]) ** (1.0 / rounds)          # per-round fraction kept, for the highest level
-    out, prev = [], 0.0
-    for s in levels:
-        n = max(1, math.floor(math.log((1.0 - s) / (1.0 - prev)) / math.log(keep) + 0.5))
-        k = ((1.0 - s) / (1.0 - prev)) ** (1.0 / n)
-        out += [(1.0 - (1.0 - prev) * k ** r, None) for r in range(1, n)] + [(s, s)]
-        prev = s
+    it completes or None)]. Every round prunes `rate` of the weights still remaining (open_lth's 20%), except
+    the round that reaches a level: it lands exactly on that level (pruning `rate` or less); the next round
+    prunes `rate` of what the level kept. So each level is passed exactly, and one chain serves them all.
+    A single level gives the per-target schedule (the same rounds a chain to that sparsity alone runs)."""
+    if not 0 < rate < 1:
+        raise ValueError(f"rate = {rate!r}: must be in (0, 1)")
+    out, keep = [], 1.0
+    for s in sorted(levels):
+        goal = 1.0 - s
+        # a round whose `rate` would prune to (or past) the level lands on it; the relative 1e-9 absorbs the
+        # float error of keep x (1 - rate)^n where n rounds reach the level exactly (rate 0.5 to 0.75)
+        while keep * (1.0 - rate) > goal * (1.0 + 1e-9):
+            keep *= 1.0 - rate
+            out.append((1.0 - keep, None))
+        out.append((s, s))
+        keep = goal
     return out
+
+
+def chain_rounds(levels: list[float], rate: float) -> dict[float, int]:
+    """{level: rounds the chain has run when it reaches that level} (what each level's metrics record)."""
+    t = chain_targets(levels, rate)
+    return {lv: i + 1 for i, (_, lv) in enumerate(t) if lv is not None}
 
 
 # The kind of training step each method runs; its measured img/s prices its epochs. fourier_kd and its
@@ -68,12 +71,14 @@ def chain_targets(levels: list[float], rounds: int) -> list[tuple[float, float |
 CURRICULA = ("fourier_kd", "fourier_kd_anti", "fourier_kd_shuffled", "fourier_kd_reverse", "freq_ce")
 STEP = {"dense": "dense", "finetune": "masked", "finetune_layerwise": "masked", "random": "masked",
         "kd": "kd", **{m: "fourier_kd" for m in CURRICULA},
-        "imp": "masked", "lth": "masked", "lth_init": "masked", "lr_rewind": "masked", "gmp": "masked"}
+        "imp": "masked", "lth": "masked", "lth_init": "masked", "lrr": "masked", "lr_rewind": "masked",
+        "reinit": "masked", "gmp": "masked"}
 
 
 def method_epochs(cfg: Config, method: str, levels: list[float] | None = None) -> list[tuple[str, int]]:
     """[(step kind, epochs)] that one retraining job of `method` runs (what pipeline/methods/' recipes run); for
-    the iterative methods, the chain through `levels` (default: one target, the per-target schedule)."""
+    the iterative methods, the chain through `levels` (default: a chain to the grid's highest sparsity alone,
+    what `retrain --method imp` at that sparsity runs)."""
     c = cfg
     one_shot = c.retrain.epochs
     if method in CURRICULA:
@@ -82,15 +87,17 @@ def method_epochs(cfg: Config, method: str, levels: list[float] | None = None) -
         if method != "freq_ce" and c.distill.filtered == "teacher":
             return [("kd", one_shot)]
         return [("fourier_kd", filtered), (full, one_shot - filtered)]
-    imp_rounds = len(chain_targets(levels or [0.5], c.imp.rounds))
-    lth_rounds = len(chain_targets(levels or [0.5], c.lth.rounds))
-    per = {"imp": imp_rounds * c.imp.epochs_per_round,
-           "lth": lth_rounds * (c.train.epochs - c.lth.rewind_epoch),
-           "lth_init": lth_rounds * c.train.epochs,
-           "lr_rewind": c.train.epochs, "gmp": c.train.epochs}
+
+    def rounds(rate):
+        return len(chain_targets(levels or [max(c.grid.sparsities)], rate))
+    per = {"imp": lambda: rounds(c.imp.rate) * c.imp.epochs_per_round,
+           "lth": lambda: rounds(c.lth.rate) * (c.train.epochs - c.lth.rewind_epoch),
+           "lth_init": lambda: rounds(c.lth.rate) * c.train.epochs,
+           "lrr": lambda: rounds(c.lrr.rate) * c.train.epochs,
+           "lr_rewind": lambda: c.train.epochs, "reinit": lambda: c.train.epochs, "gmp": lambda: c.train.epochs}
     if method not in STEP:
         raise KeyError(f"method {method!r} has no cost model (add it to pipeline/budget.py STEP)")
-    return [(STEP[method], per.get(method, one_shot))]
+    return [(STEP[method], per[method]() if method in per else one_shot)]
 
 
 def total_epochs(cfg: Config, method: str, levels: list[float] | None = None) -> int:

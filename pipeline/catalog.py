@@ -65,12 +65,16 @@ CATALOG = {m.name: m for m in (
            "Han et al. 2015: iterative magnitude pruning with fine-tuning", chain=True),
     Method("lth", "iterative", "baseline", "chain", _COMMON + ("lth",),
            "Frankle et al. 2020: lottery ticket with late rewinding", chain=True),
-    Method("lth_init", "iterative", "baseline", "chain", _COMMON + ("lth.rounds",),
+    Method("lth_init", "iterative", "baseline", "chain", _COMMON + ("lth.rate",),
            "Frankle & Carbin 2019: lottery ticket rewound to the initialisation", chain=True),
+    Method("lrr", "iterative", "baseline", "chain", _COMMON + ("lrr",),
+           "Renda et al. 2020: iterative lr rewinding, each round retrained with the dense lr schedule", chain=True),
     Method("lr_rewind", "one-shot", "baseline", "dense", _COMMON,
-           "Renda et al. 2020: one-shot pruning, retrained with the dense lr schedule"),
+           "Renda et al. 2020, one-shot: pruned once, retrained with the dense lr schedule"),
+    Method("reinit", "one-shot", "control", "dense", _COMMON,
+           "Control (Frankle & Carbin 2019): the MBP mask, weights drawn afresh, trained with the dense schedule"),
     Method("gmp", "iterative", "baseline", "dense", _COMMON + ("gmp",),
-           "Zhu & Gupta 2017: gradual magnitude pruning during training from scratch"),
+           "Zhu & Gupta 2017: gradual magnitude pruning during training from scratch, each layer to s_t"),
 )}
 
 for _m in CATALOG.values():       # a typo here would silently change a group or a claim

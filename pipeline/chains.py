@@ -1,15 +1,16 @@
-"""The `chain` stage: ONE iterative chain per dense network (imp, lth, lth_init) serves every sparsity.
+"""The `chain` stage: ONE iterative chain per dense network (imp, lth, lth_init, lrr) serves every sparsity.
 
 Iterative pruning passes every lower sparsity on its way to a high one, so the chain runs once per
-(dataset, arch, seed, method) and its levels land exactly on the grid's sparsities, in order
-(masks.chain_targets; the levels of open_lth work this way). Each level's model is written where a
+(dataset, arch, seed, method): every round prunes the method's rate (20%) of the remaining weights, and the
+round that reaches a grid sparsity lands exactly on it (masks.chain_targets; the levels of open_lth work this
+way). Each level's model is written where a
 retrained model of that (sparsity, method) lives, with its own metrics.json (the rounds and epochs the
 chain had spent when it reached the level) and its own MLflow run (stage retrain), so the spectral jobs,
 the report and the MLflow comparison read it like any other method's model.
 
 The alternative, one chain per target sparsity (`retrain --method imp` by hand still runs it), repeats the
-lower levels for every target: 5 sparsities cost 25 rounds instead of 5 with the paper's defaults, and each
-target's rounds are spaced for that target alone. With one sparsity in the grid the two are the same.
+lower levels for every target: with the paper's 5 sparsities at 20% a round, 4 + 8 + 11 + 14 + 18 = 55 rounds
+instead of the shared chain's 22. With one sparsity in the grid the two are the same.
 """
 from __future__ import annotations
 

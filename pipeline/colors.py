@@ -9,6 +9,8 @@ COLORS = {  # the paper's method (red) and its controls in related shades; the t
     "kd": "#ff7f0e", "fourier_kd": "#d62728", "fourier_kd_reverse": "#ff9896", "freq_ce": "#ffbb78",
     "fourier_kd_anti": "#ad494a", "fourier_kd_shuffled": "#e7969c",     # tab20b's reds: more controls
     "imp": "#2ca02c", "lth": "#9467bd", "lth_init": "#c5b0d5", "lr_rewind": "#8c564b", "gmp": "#17becf",
+    "lrr": "#c49c94",                 # iterative lr rewinding: a lighter shade of one-shot lr_rewind's brown
+    "reinit": "#393b79",              # the random-reinitialisation control (tab20b's indigo)
     # the pruning signature's variants (spectral only)
     "pruned_bn": "#c7c7c7", "random_mask": "#f7b6d2", "random_mask_bn": "#dbdb8d",
     "matched_mask": "#5254a3", "matched_mask_bn": "#9c9ede",

@@ -29,6 +29,8 @@ TORCHVISION_DATASETS = ("cifar10", "cifar100")
 SCHEDULES = ("linear", "step", "cosine")
 FILTERS = ("circle", "square")
 FILTERED = ("both", "student", "teacher")   # distill.filtered: who sees the filtered batch in the teacher's term
+GMP_SCOPES = ("layer", "global")
+LR_SCHEDULES = ("step", "cosine", "onecycle")
 
 
 class ConfigError(ValueError):
@@ -75,6 +77,7 @@ class TrainCfg:
     lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = 0.1
     save_epochs: list[int] = field(default_factory=lambda: [0, 3])
+    schedule: str = "step"     # the lr's shape: step (lr_drops, gamma) | cosine | onecycle (train.lr_at)
 
 
 @dataclass
@@ -88,6 +91,7 @@ class RetrainCfg:
     lr: float = 0.01
     lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = 0.1
+    schedule: str = "step"
 
 
 @dataclass
@@ -104,20 +108,26 @@ class DistillCfg:
 
 @dataclass
 class ImpCfg:
-    rounds: int = 5
+    rate: float = 0.2          # fraction of the remaining weights pruned per round (open_lth; Renda et al. 2020)
     epochs_per_round: int = 40
 
 
 @dataclass
 class LthCfg:
-    rounds: int = 5
+    rate: float = 0.2
     rewind_epoch: int = 3     # late rewinding (Frankle et al. 2020); lth_init rewinds to epoch 0
+
+
+@dataclass
+class LrrCfg:
+    rate: float = 0.2          # iterative lr rewinding (Renda et al. 2020): 20% per round
 
 
 @dataclass
 class GmpCfg:
     start: float = 0.1
     end: float = 0.6
+    scope: str = "layer"       # layer: every layer pruned to s_t (Zhu & Gupta 2017) | global: one threshold
 
 
 @dataclass
@@ -199,6 +209,7 @@ class Config:
     distill: DistillCfg
     imp: ImpCfg
     lth: LthCfg
+    lrr: LrrCfg
     gmp: GmpCfg
     spectral: SpectralCfg
     runtime: RuntimeCfg
@@ -432,6 +443,7 @@ def _check(c: Config) -> None:
         _need(t.epochs > 0, f"{sec}.epochs", t.epochs, "a positive integer")
         _need(t.lr > 0, f"{sec}.lr", t.lr, "positive")
         _need(0 < t.gamma <= 1, f"{sec}.gamma", t.gamma, "in (0, 1]")
+        _need(t.schedule in LR_SCHEDULES, f"{sec}.schedule", t.schedule, f"one of {LR_SCHEDULES}")
         _need(all(0 < x < 1 for x in t.lr_drops) and t.lr_drops == sorted(t.lr_drops), f"{sec}.lr_drops",
               t.lr_drops, "increasing fractions in (0, 1)")
     t = c.train
@@ -455,8 +467,9 @@ def _check(c: Config) -> None:
     _need(d.steps >= 1, "distill.steps", d.steps, "a positive integer")
     _need(d.filter in FILTERS, "distill.filter", d.filter, f"one of {FILTERS}")
     _need(d.filtered in FILTERED, "distill.filtered", d.filtered, f"one of {FILTERED}")
-    for sec in ("imp", "lth"):
-        _need(getattr(c, sec).rounds >= 1, f"{sec}.rounds", getattr(c, sec).rounds, "a positive integer")
+    for sec in ("imp", "lth", "lrr"):
+        _need(0 < getattr(c, sec).rate < 1, f"{sec}.rate", getattr(c, sec).rate,
+              "a fraction in (0, 1) of the remaining weights pruned per round")
     _need(c.imp.epochs_per_round > 0, "imp.epochs_per_round", c.imp.epochs_per_round, "a positive integer")
     _need(c.lth.rewind_epoch in t.save_epochs, "lth.rewind_epoch", c.lth.rewind_epoch,
           f"one of train.save_epochs={t.save_epochs} (the dense stage must save those weights)")
@@ -465,6 +478,7 @@ def _check(c: Config) -> None:
     if "lth_init" in g.methods:
         _need(0 in t.save_epochs, "train.save_epochs", t.save_epochs,
               "a list holding 0 when grid.methods has lth_init (it rewinds to the initialisation)")
+    _need(c.gmp.scope in GMP_SCOPES, "gmp.scope", c.gmp.scope, f"one of {GMP_SCOPES}")
     _need(0 <= c.gmp.start < c.gmp.end <= 1, "gmp.start/gmp.end", (c.gmp.start, c.gmp.end),
           "fractions with 0 <= start < end <= 1")
     s = c.spectral

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .budget import chain_targets, iterative_targets  # noqa: F401 - the rounds' targets live with the budget
+from .budget import chain_rounds, chain_targets  # noqa: F401 - the rounds' targets live with the budget
 
 
 def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:

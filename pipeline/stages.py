@@ -94,7 +94,7 @@ def retrain(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, me
         dd = T.Data(blob, rt.device)
         teacher = T.to_device(teacher, rt)          # frozen by the Context (methods/base.py) for distillation
         ctx = MT.Context(cfg, sparsity, seed, {k: v for k, v in teacher.state_dict().items()},
-                         base_mask, snaps, teacher if method in MT.NEEDS_TEACHER else None)
+                         base_mask, snaps, teacher if method in MT.NEEDS_TEACHER else None, arch=arch)
         recipe = MT.METHODS[method](ctx)
         net = models.build(arch, dd.classes, cfg.model.width, seed)
         res, ckpt, secs = run_training(cfg, "retrain", recipe, net, dd, rt, seed, key, run,

@@ -159,6 +159,7 @@ class Round:
     schedule_epochs: int | None = None
     begin: Callable | None = None     # begin(model, masks) -> masks: prune / rewind at the round's start
     level: float | None = None        # an iterative chain's level (a grid sparsity) this round completes
+    schedule: str = "step"            # the lr's shape over the schedule: step | cosine | onecycle (lr_at)
 
 
 @dataclass
@@ -180,12 +181,38 @@ def drop_epoch(fraction: float, epochs: int) -> int:
     return math.floor(round(fraction * epochs, 9) + 0.5)
 
 
+# OneCycle (Smith & Topin 2019) as torch.optim.lr_scheduler.OneCycleLR runs it with its defaults: warm up
+# from lr / 25 to lr over the first 30% of the steps, then anneal to lr / 25 / 1e4, both halves cosine.
+ONECYCLE_PCT, ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 0.3, 25.0, 1e4
+
+
+def _cos(a: float, b: float, t: float) -> float:
+    """From a (t = 0) to b (t = 1) along half a cosine."""
+    return b + (a - b) * (1 + math.cos(math.pi * t)) / 2
+
+
 def lr_at(r: Round, epoch: int) -> float:
-    """The lr of `epoch` of a round: x gamma from each drop epoch on. lth rounds start at schedule_offset
-    (the rewind epoch) of the dense schedule of schedule_epochs epochs."""
+    """The lr of `epoch` of a round (one value per epoch; the loop gives it to the optimizer at the epoch's
+    start). The schedule runs over schedule_epochs (default: the round's epochs); lth rounds start at
+    schedule_offset (the rewind epoch) of the dense schedule.
+    - step (He et al. 2016): lr x gamma from each drop epoch (lr_drops) on;
+    - cosine (Loshchilov & Hutter 2017, without restarts; CosineAnnealingLR): lr (1 + cos(pi e / E)) / 2;
+    - onecycle (Smith & Topin 2019; OneCycleLR with its defaults, an epoch per step): lr / 25 rising to lr
+      at epoch 0.3 E - 1, then falling to lr / 25 / 1e4 at the last epoch E - 1, both halves cosine.
+    lr_drops and gamma are read by step only."""
     total = r.schedule_epochs or r.epochs
     e = epoch + r.schedule_offset
-    return r.lr * r.gamma ** sum(e >= drop_epoch(f, total) for f in r.lr_drops)
+    if r.schedule == "step":
+        return r.lr * r.gamma ** sum(e >= drop_epoch(f, total) for f in r.lr_drops)
+    if r.schedule == "cosine":
+        return r.lr * (1 + math.cos(math.pi * e / total)) / 2
+    if r.schedule == "onecycle":
+        start, low = r.lr / ONECYCLE_DIV, r.lr / ONECYCLE_DIV / ONECYCLE_FINAL_DIV
+        peak = float(ONECYCLE_PCT * total) - 1           # OneCycleLR's end of the warm-up phase (a float step)
+        if e <= peak:
+            return _cos(start, r.lr, e / peak) if peak > 0 else r.lr
+        return _cos(r.lr, low, (e - peak) / (total - 1 - peak))
+    raise ValueError(f"lr schedule {r.schedule!r}: must be step, cosine or onecycle")
 
 
 # -------------------------------------------------------------------------------------------- the loop

@@ -1,51 +1,69 @@
-"""One iterative chain serves every sparsity of the grid (imp, lth, lth_init): its levels land exactly on the
-grid's sparsities, in order, and a level's model is exactly what a run stopped at that level gives (CPU)."""
+"""One iterative chain serves every sparsity of the grid (imp, lth, lth_init, lrr): every round prunes the rate
+of the remaining weights except the one that reaches a level, which lands exactly on it; a level's model is
+exactly what a run stopped at that level gives (CPU)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
 
-from pipeline import masks as M, methods as MT, train as T
+from pipeline import config, masks as M, methods as MT, train as T
+from pipeline.models import prunable
 
-from .test_methods import CFG, RT, context, data, exact_sparsity, net, total  # noqa: F401 - data: a fixture
+from .test_methods import CFG, RT, context, data, exact_sparsity, net, replace, total  # noqa: F401 - data: a fixture
 
 LEVELS = [0.5, 0.9]
+PAPER = [0.5, 0.8, 0.9, 0.95, 0.98]
 
 
-@pytest.mark.parametrize("s,rounds", [(0.9, 2), (0.98, 5), (0.5, 3), (0.8, 1)])
-def test_one_level_is_the_per_target_schedule(s, rounds):
-    assert [t for t, _ in M.chain_targets([s], rounds)] == M.iterative_targets(s, rounds)   # exactly equal
-    assert [lv for _, lv in M.chain_targets([s], rounds)] == [None] * (rounds - 1) + [s]
+def fractions(targets) -> list[float]:
+    """The fraction of the remaining weights each round prunes."""
+    kept = [1.0] + [1 - s for s, _ in targets]
+    return [1 - b / a for a, b in zip(kept, kept[1:])]
 
 
-def test_the_paper_grid_costs_one_round_per_level():
-    # 5 rounds to 0.98 keep (0.02)^(1/5) = 0.457 a round; each step between the paper's sparsities is 0.886 to
-    # 1.17 such rounds, so one each: 5 rounds in all, against 5 x 5 = 25 rounds for five separate chains.
-    assert M.chain_targets([0.98, 0.5, 0.9, 0.8, 0.95], 5) == [(s, s) for s in (0.5, 0.8, 0.9, 0.95, 0.98)]
+@pytest.mark.parametrize("s,rate,rounds", [(0.9, 0.2, 11), (0.98, 0.2, 18), (0.5, 0.2, 4), (0.75, 0.5, 2),
+                                           (0.8, 0.9, 1)])
+def test_every_round_prunes_the_rate_and_the_last_lands_on_the_level(s, rate, rounds):
+    # 0.8^10 = 0.107 > 0.1 >= 0.8^11: 11 rounds to 0.9; 0.8^17 = 0.0225 > 0.02 >= 0.8^18: 18 to 0.98;
+    # 0.8^3 = 0.512 > 0.5: 4 to 0.5; 0.5^2 = 0.25 exactly: 2 rounds of 50% to 0.75, no third one
+    t = M.chain_targets([s], rate)
+    assert len(t) == rounds and t[-1] == (s, s) and [lv for _, lv in t[:-1]] == [None] * (rounds - 1)
+    f = fractions(t)
+    assert f[:-1] == pytest.approx([rate] * (rounds - 1), abs=1e-12)
+    assert 0 < f[-1] <= rate + 1e-12                           # the landing round prunes the rate or less
 
 
-def test_levels_split_rounds_by_how_much_they_prune():
-    # keep 0.1^(1/5) = 0.631 a round: 0 -> 0.5 is log(0.5)/log(0.631) = 1.51 rounds -> 2; 0.5 -> 0.9 is
-    # log(0.2)/log(0.631) = 3.49 rounds -> 3; within a level every round keeps the same fraction
-    t = M.chain_targets(LEVELS, 5)
-    assert [lv for _, lv in t] == [None, 0.5, None, None, 0.9]
-    kept = [1 - s for s, _ in t]
-    assert kept[1] == 0.5 and t[4][0] == 0.9
-    assert math.isclose(kept[0] ** 2, 0.5) and math.isclose(kept[0], 0.5 / kept[0])
-    r = [kept[i + 1] / kept[i] for i in range(1, 4)]
-    assert all(math.isclose(x, 0.2 ** (1 / 3)) for x in r)
+def test_the_paper_grid_at_20_percent_lands_on_every_level():
+    t = M.chain_targets([0.98, 0.5, 0.9, 0.8, 0.95], 0.2)
+    # to 0.5: 0.8^3 = 0.512 > 0.5, 3 rounds of 20% and a 4th lands, pruning 1 - 0.5 / 0.512 = 3/128; from
+    # each level the ratio of what the next keeps is 0.4 (0.5 -> 0.2, 0.05 -> 0.02) or 0.5 (0.2 -> 0.1,
+    # 0.1 -> 0.05): 0.8^4 = 0.4096 > 0.4, 4 rounds and a landing one of 1 - 0.4 / 0.4096 = 3/128;
+    # 0.8^3 = 0.512 > 0.5, 3 rounds and a landing one of 3/128. 4 + 5 + 4 + 4 + 5 = 22 rounds.
+    assert len(t) == 22 and M.chain_rounds(PAPER, 0.2) == {0.5: 4, 0.8: 9, 0.9: 13, 0.95: 17, 0.98: 22}
+    assert [s for s, lv in t if lv is not None] == PAPER and all(s == lv for s, lv in t if lv is not None)
+    land = 3 / 128
+    assert fractions(t) == pytest.approx([.2] * 3 + [land] + ([.2] * 4 + [land]) + ([.2] * 3 + [land]) * 2
+                                         + [.2] * 4 + [land], abs=1e-12)
 
 
-@pytest.mark.parametrize("method", ["imp", "lth"])
+def test_a_bad_rate_is_refused():
+    for rate in (0.0, 1.0, -0.2):
+        with pytest.raises(ValueError, match="rate"):
+            M.chain_targets(LEVELS, rate)
+
+
+# rate 0.6 through 0.5 and 0.9: 0.4 kept <= 0.5, so round 1 lands on 0.5; 0.5 x 0.4 = 0.2 > 0.1 kept, round 2
+# prunes to 0.8; 0.2 x 0.4 = 0.08 <= 0.1, round 3 lands on 0.9
+RATE = 0.6
+
+
+@pytest.mark.parametrize("method", ["imp", "lth", "lrr"])
 def test_a_chain_level_equals_a_run_stopped_at_that_level(data, tmp_path, method):  # noqa: F811
-    cfg = dataclasses.replace(CFG, imp=dataclasses.replace(CFG.imp, rounds=3),
-                              lth=dataclasses.replace(CFG.lth, rounds=3))
+    cfg = replace(CFG, imp={"rate": RATE}, lth={"rate": RATE}, lrr={"rate": RATE})
     ctx = dataclasses.replace(context(cfg), levels=LEVELS)
     chain = MT.METHODS[method](ctx)
-    # 3 rounds to 0.9 keep 0.1^(1/3) = 0.464: 0 -> 0.5 is 0.9 rounds -> 1; 0.5 -> 0.9 is 2.1 -> 2
     assert [r.level for r in chain.rounds] == [0.5, None, 0.9]
     res = T.run(chain, net(seed=0), data, RT, seed=0, ckpt=tmp_path / "chain.pt", key="chain")
     assert sorted(res["levels"]) == LEVELS
@@ -53,6 +71,8 @@ def test_a_chain_level_equals_a_run_stopped_at_that_level(data, tmp_path, method
     for s, lv in res["levels"].items():
         zeros = sum(int((~m).sum()) for m in lv["masks"].values())
         assert zeros == round(s * n), f"level {s}: {zeros} zeros of {n}"
+    assert [h["sparsity"] for h in res["history"]] == [
+        exact_sparsity(s, n) for s in (0.5, 0.8, 0.9) for _ in range(res["epochs"] // 3)]
     assert res["levels"][0.5]["rounds"] == 1 and res["levels"][0.9]["rounds"] == 3
     per_round = res["epochs"] // 3
     assert res["levels"][0.5]["epochs"] == per_round and res["levels"][0.9]["epochs"] == 3 * per_round
@@ -65,12 +85,44 @@ def test_a_chain_level_equals_a_run_stopped_at_that_level(data, tmp_path, method
     assert all(torch.equal(level[k], v.cpu()) for k, v in alone["model"].state_dict().items())
     assert all(torch.equal(res["levels"][0.5]["masks"][k], v.cpu()) for k, v in alone["masks"].items())
     assert exact_sparsity(0.5, n) == alone["history"][-1]["sparsity"]
+    # ... and a per-target run to 0.5 (no chain) is that same model
+    target = MT.METHODS[method](dataclasses.replace(context(cfg), sparsity=0.5))
+    assert [r.level for r in target.rounds] == [0.5]
+    one = T.run(target, net(seed=0), data, RT, seed=0, ckpt=tmp_path / "target.pt", key="target")
+    assert all(torch.equal(level[k], v.cpu()) for k, v in one["model"].state_dict().items())
+
+
+def test_lrr_rounds_prune_the_trained_weights_and_replay_the_dense_schedule():
+    """Renda et al.'s iterative lr rewinding: no weight rewinding (each round starts from the weights the
+    previous one trained), and every round runs the whole dense lr schedule from its first epoch."""
+    cfg = config.load()                       # the paper: 160 dense epochs, lr 0.1, x0.1 at 80 and 120
+    ctx = MT.Context(cfg, 0.9, 0, net(seed=1).state_dict(), {}, {})
+    rounds = MT.METHODS["lrr"](dataclasses.replace(ctx, levels=PAPER)).rounds
+    assert len(rounds) == 22 and [r.level for r in rounds if r.level] == PAPER
+    dense = [0.1] * 80 + [0.1 * 0.1] * 40 + [0.1 * 0.1 ** 2] * 40
+    for r in rounds:
+        assert r.epochs == 160 and [T.lr_at(r, e) for e in range(160)] == dense
+    model, masks = net(seed=5), None
+    for i, rnd in enumerate(rounds[:3]):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        new = rnd.begin(model, masks)
+        M.apply(prunable(model), new)
+        source = ctx.dense if i == 0 else before          # round 0 starts from the trained dense weights
+        target = [0.2, 0.36, 0.488][i]
+        expect = M.global_magnitude({k: source[k] for k in new}, target, masks)
+        assert all(torch.equal(new[k], expect[k]) for k in new)
+        state = model.state_dict()
+        assert all(torch.equal(state[k][new[k]], source[k][new[k]]) for k in new)     # survivors keep their values
+        assert all(torch.equal(state[k], source[k]) for k in state if k not in new)   # batch norm, biases too
+        masks = new
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
 
 
 def test_a_killed_chain_resumes_with_its_levels(data, tmp_path):  # noqa: F811
     """Killed in round 2 (after level 0.5 was checkpointed): the resumed chain gives the same levels."""
-    ctx = dataclasses.replace(context(dataclasses.replace(CFG, imp=dataclasses.replace(CFG.imp, rounds=3))),
-                              levels=LEVELS)
+    ctx = dataclasses.replace(context(replace(CFG, imp={"rate": RATE})), levels=LEVELS)
     whole = T.run(MT.METHODS["imp"](ctx), net(seed=0), data, RT, seed=0, ckpt=tmp_path / "whole.pt", key="k")
 
     class Killed(Exception):
@@ -99,7 +151,7 @@ def test_chain_stage_writes_every_level_with_its_own_metrics_and_run(tmp_path, e
                            datasets={"synthetic": {"source": "synthetic", "classes": 10, "train_size": 160,
                                                    "val_size": 32, "test_size": 32}},
                            train={"epochs": 1, "save_epochs": [0]}, lth={"rewind_epoch": 0},
-                           imp={"rounds": 3, "epochs_per_round": 1})
+                           imp={"rate": RATE, "epochs_per_round": 1}, lrr={"rate": RATE})
     data, dense = tmp_path / "data.pt", tmp_path / "dense" / "model.pt"
     for args in (("prepare", "--dataset", "synthetic", "--out", data),
                  ("train_dense", "--dataset", "synthetic", "--arch", "resnet20", "--seed", 0, "--data", data,
@@ -109,7 +161,7 @@ def test_chain_stage_writes_every_level_with_its_own_metrics_and_run(tmp_path, e
                   "--out-dir", tmp_path / "retrain")):
         p = run_stage(*args, "--experiment", exp, env=env)
         assert p.returncode == 0, p.stderr[-2000:]
-    for s, rounds in ((0.5, 1), (0.9, 3)):       # 3 rounds to 0.9: 0 -> 0.5 is 0.9 of a round -> 1, then 2
+    for s, rounds in ((0.5, 1), (0.9, 3)):       # rate 0.6: lands on 0.5 in round 1, prunes to 0.8, lands on 0.9
         m = io.read_json(tmp_path / "retrain" / f"s{s}" / "imp" / "metrics.json")
         assert (m["rounds"], m["epochs"], m["chain_levels"]) == (rounds, rounds, 2)
         assert m["nonzero"] == m["prunable"] - round(s * m["prunable"])

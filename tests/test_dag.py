@@ -38,7 +38,7 @@ def test_paper_grid_plans_every_stage_and_cell():
     counts = Counter(j["rule"] for j in jobs)
     n_s, n_m = len(g.sparsities), len(g.methods)
     chained = [m for m in g.methods if m in CHAIN_METHODS]      # one chain per dense network serves every sparsity
-    assert chained == ["imp", "lth", "lth_init"]
+    assert chained == ["imp", "lth", "lth_init", "lrr"]
     assert counts == {"prepare": len(g.datasets), "train_dense": cells, "prune": cells * n_s,
                       "retrain": cells * n_s * (n_m - len(chained)), "chain": cells * len(chained),
                       "spectral_dense": cells, "spectral_pruned": cells * n_s, "spectral": cells * n_s * n_m,

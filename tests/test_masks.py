@@ -116,15 +116,6 @@ def test_random_like_counts_and_seeds_against_hand_made_masks():
 # ---------------------------------------------------------------------------------- iterative pruning
 
 
-@pytest.mark.parametrize("s,rounds", [(0.9, 5), (0.98, 3), (0.5, 2), (0.8, 1)])
-def test_iterative_targets_prune_the_same_fraction_each_round(s, rounds):
-    t = M.iterative_targets(s, rounds)
-    assert len(t) == rounds and t[-1] == s                       # lands exactly on the target
-    keep = [1.0] + [1 - x for x in t]
-    ratios = [b / a for a, b in zip(keep, keep[1:])]             # fraction of the remaining weights kept
-    assert ratios == pytest.approx([(1 - s) ** (1 / rounds)] * rounds)
-
-
 def test_iterative_pruning_never_revives_pruned_weights():
     w = layers()
     first = M.global_magnitude(w, 0.5)

@@ -23,9 +23,10 @@ def replace(cfg, **sections):
     return dataclasses.replace(cfg, **{k: dataclasses.replace(getattr(cfg, k), **v) for k, v in sections.items()})
 
 
-# Small everything: 1 dense epoch (lth rounds, lr_rewind), 2 retraining epochs, 2 rounds of 1 epoch for imp.
+# Small everything: 1 dense epoch (lth rounds, lr_rewind), 2 retraining epochs, 2 rounds of 1 epoch for imp
+# (rate 0.7 to S = 0.9: 0.7, then 0.9).
 CFG = replace(config.load("smoke"), train={"epochs": 1, "batch_size": BATCH}, retrain={"epochs": 2},
-              imp={"rounds": 2, "epochs_per_round": 1}, lth={"rounds": 2, "rewind_epoch": 0},
+              imp={"rate": 0.7, "epochs_per_round": 1}, lth={"rate": 0.7, "rewind_epoch": 0}, lrr={"rate": 0.7},
               gmp={"start": 0.1, "end": 0.6})
 GMP_CFG = replace(CFG, train={"epochs": 3})        # gmp_epochs(3, 0.1, 0.6) = (0, 2): start, middle, end
 
@@ -55,7 +56,7 @@ def context(cfg=CFG) -> MT.Context:
     for p in teacher.parameters():
         p.requires_grad_(False)
     mask = M.global_magnitude(prunable(net(seed=1)), S)
-    return MT.Context(cfg, S, 0, dense, mask, {0: net(seed=0).state_dict()}, teacher)
+    return MT.Context(cfg, S, 0, dense, mask, {0: net(seed=0).state_dict()}, teacher, arch="resnet20")
 
 
 def instrument(recipe: T.Recipe) -> dict:
@@ -134,7 +135,7 @@ def test_final_sparsity_is_exact_weight_by_weight(trained, method):
     assert set(res["masks"]) == set(w)
     for n, p in w.items():
         assert torch.equal(p == 0, ~res["masks"][n]), n        # zero exactly where pruned, nowhere else
-    if method == "finetune_layerwise":
+    if method in ("finetune_layerwise", "gmp"):              # gmp.scope: layer (the default, Zhu & Gupta)
         assert {n: int((p == 0).sum()) for n, p in w.items()} == {n: round(S * p.numel()) for n, p in w.items()}
     else:
         assert sum(int((p == 0).sum()) for p in w.values()) == round(S * total(w))
@@ -148,15 +149,15 @@ def test_pruned_weights_are_zero_after_every_step(trained, method):
     assert log["violations"] == 0
 
 
-@pytest.mark.parametrize("method", MT.EQUAL_BUDGET + ("lr_rewind",))
+@pytest.mark.parametrize("method", MT.EQUAL_BUDGET + ("lr_rewind", "reinit"))
 def test_one_shot_methods_spend_their_budget(trained, method):
     res, _, _ = trained(method)
-    expected = CFG.train.epochs if method == "lr_rewind" else CFG.retrain.epochs
+    expected = CFG.train.epochs if method in ("lr_rewind", "reinit") else CFG.retrain.epochs
     assert res["epochs"] == expected and [h["round"] for h in res["history"]] == [0] * expected
 
 
 @pytest.mark.parametrize("method", ["finetune", "kd", "fourier_kd", "fourier_kd_anti", "fourier_kd_shuffled",
-                                    "fourier_kd_reverse", "freq_ce", "lr_rewind"])
+                                    "fourier_kd_reverse", "freq_ce", "lr_rewind", "reinit"])
 def test_mbp_methods_keep_the_given_mask(trained, method):
     res, _, ctx = trained(method)
     assert all(torch.equal(res["masks"][n], ctx.mask[n]) for n in ctx.mask)
@@ -188,15 +189,15 @@ def test_fourier_kd_logs_its_radius_schedule(trained):
 
 @pytest.mark.parametrize("method,epochs_per_round", [("imp", CFG.imp.epochs_per_round),
                                                      ("lth", CFG.train.epochs - CFG.lth.rewind_epoch),
-                                                     ("lth_init", CFG.train.epochs)])
+                                                     ("lth_init", CFG.train.epochs),
+                                                     ("lrr", CFG.train.epochs)])
 def test_iterative_methods_reach_the_target_in_the_planned_rounds(trained, method, epochs_per_round):
     res, _, _ = trained(method)
-    rounds = (CFG.imp if method == "imp" else CFG.lth).rounds
-    assert res["epochs"] == rounds * epochs_per_round
-    assert [h["round"] for h in res["history"]] == [r for r in range(rounds) for _ in range(epochs_per_round)]
+    assert res["epochs"] == 2 * epochs_per_round               # rate 0.7 to 0.9: two rounds, to 0.7 and 0.9
+    assert [h["round"] for h in res["history"]] == [r for r in range(2) for _ in range(epochs_per_round)]
     n = total(res["masks"])
     assert [h["sparsity"] for h in res["history"]] == [
-        exact_sparsity(t, n) for t in M.iterative_targets(S, rounds) for _ in range(epochs_per_round)]
+        exact_sparsity(t, n) for t in (0.7, 0.9) for _ in range(epochs_per_round)]
 
 
 def test_lth_begin_rewinds_survivors_to_the_saved_weights():
@@ -212,7 +213,7 @@ def test_lth_begin_rewinds_survivors_to_the_saved_weights():
         # round 0 prunes the dense (trained) weights, later rounds the weights the previous round trained,
         # to this round's target, never reviving a pruned weight
         pruned_from = {n: ctx.dense[n] for n in before} if i == 0 else before
-        target = M.iterative_targets(S, CFG.lth.rounds)[i]
+        target = [0.7, 0.9][i]                                 # rate 0.7: keep 0.3, then land on 0.9
         assert all(torch.equal(new[n], e) for n, e in M.global_magnitude(pruned_from, target, masks).items())
         assert i == 0 or all(not (new[n] & ~masks[n]).any() for n in new)
         state = model.state_dict()
@@ -251,7 +252,8 @@ def test_lth_rounds_resume_the_dense_schedule_at_the_rewind_epoch(method, k):
     assert cfg.lth.rewind_epoch == 3 and 3 in cfg.train.save_epochs and 0 in cfg.train.save_epochs
     ctx = MT.Context(cfg, S, 0, {}, {}, {0: {}, 3: {}})
     rounds = MT.METHODS[method](ctx).rounds
-    assert len(rounds) == cfg.lth.rounds and MT.rewind_epoch(cfg, method) == k
+    # rate 0.2 to 0.9 alone: 0.8^10 = 0.107 keeps more than 0.1, so ten rounds of 20% and an eleventh lands
+    assert len(rounds) == 11 and MT.rewind_epoch(cfg, method) == k
     for r in rounds:
         assert (r.epochs, r.schedule_offset, r.schedule_epochs) == (160 - k, k, 160)
         lrs = [T.lr_at(r, e) for e in range(r.epochs)]
@@ -272,18 +274,37 @@ def test_gmp_epochs():
     assert MT.gmp_epochs(100, 0.29, 0.6) == (29, 60)           # 0.29 * 100 is 28.999999999999996 in floats
 
 
-def test_gmp_follows_the_cubic_schedule(trained):
+def test_gmp_follows_the_cubic_schedule_in_every_layer(trained):
     res, log, _ = trained("gmp")
     e0, e1 = MT.gmp_epochs(GMP_CFG.train.epochs, GMP_CFG.gmp.start, GMP_CFG.gmp.end)
-    assert (e0, e1) == (0, 2)
-    n = total(res["masks"])
-    # start 0, middle 0.9 * (1 - (1/2)^3) = 0.7875, end 0.9: exact counts at each epoch
-    expected = [exact_sparsity(s, n) for s in (0.0, 0.9 * (1 - 0.5 ** 3), 0.9)]
+    assert (e0, e1) == (0, 2) and GMP_CFG.gmp.scope == "layer"
+    # start 0, middle 0.9 * (1 - (1/2)^3) = 0.7875, end 0.9; Zhu & Gupta: EVERY layer at s_t, exact counts
+    steps = (0.0, 0.9 * (1 - 0.5 ** 3), 0.9)
     assert [M.cubic_sparsity(e, e0, e1, S) for e in range(3)] == pytest.approx([0.0, 0.7875, 0.9])
-    assert [h["sparsity"] for h in res["history"]] == expected
     masks = log["epoch_masks"]
+    assert len(masks) == 3
+    for s, m in zip(steps, masks):
+        assert {n: int((~k).sum()) for n, k in m.items()} == {n: round(s * k.numel()) for n, k in m.items()}
+    n = total(res["masks"])
+    assert [h["sparsity"] for h in res["history"]] == [
+        1.0 - sum(k.numel() - round(s * k.numel()) for k in m.values()) / n for s, m in zip(steps, masks)]
     for a, b in zip(masks, masks[1:]):                         # gradual pruning never revives a weight
         assert all(not (b[k] & ~a[k]).any() for k in a)
+
+
+def test_gmp_global_scope_prunes_against_one_threshold(data, tmp_path):
+    cfg = replace(GMP_CFG, gmp={"scope": "global"})
+    recipe = MT.METHODS["gmp"](context(cfg))
+    log = instrument(recipe)
+    res = T.run(recipe, net(seed=0), data, RT, seed=0, ckpt=tmp_path / "g.pt", key="g")
+    n = total(res["masks"])
+    assert [h["sparsity"] for h in res["history"]] == [exact_sparsity(s, n) for s in (0.0, 0.7875, 0.9)]
+    last = log["epoch_masks"][-1]
+    # one threshold: the layers end at different sparsities (the first conv keeps more than the average)
+    layer = {k: 1 - m.float().mean().item() for k, m in last.items()}
+    assert max(layer.values()) - min(layer.values()) > 0.1
+    with pytest.raises(config.ConfigError, match="gmp.scope"):
+        config.validate(config.merge(config.merged_raw("smoke"), {"gmp": {"scope": "block"}}))
 
 
 # ------------------------------------------------------------------------------------------------- kd

@@ -22,16 +22,22 @@ def test_heatmap_pairs_is_the_count_of_conjugate_pairs():
 
 
 def test_epochs_per_method_follow_the_recipes():
-    cfg = C.load("smoke")        # retrain 2 epochs, full band at 0.5, imp 2 x 1, lth 2 rounds, dense 2 epochs
+    cfg = C.load("smoke")        # retrain 2 epochs, full band at 0.5, imp/lth/lrr 2 rounds (rate 0.7 to 0.9), dense 2
     assert P.method_epochs(cfg, "finetune") == [("masked", 2)]
     assert P.method_epochs(cfg, "kd") == [("kd", 2)]
     assert P.method_epochs(cfg, "fourier_kd") == [("fourier_kd", 1), ("kd", 1)]
     assert P.method_epochs(cfg, "imp") == [("masked", 2)]
     assert P.method_epochs(cfg, "lth") == [("masked", 2 * (2 - cfg.lth.rewind_epoch))]
     assert P.method_epochs(cfg, "gmp") == [("masked", 2)]
+    assert P.method_epochs(cfg, "lrr") == [("masked", 2 * 2)] and P.method_epochs(cfg, "reinit") == [("masked", 2)]
     paper = C.load(None)         # 160 dense epochs, 40 retraining, full band at 0.7 -> epoch ceil(28) = 28
     assert P.method_epochs(paper, "fourier_kd") == [("fourier_kd", 28), ("kd", 12)]
-    assert P.method_epochs(paper, "imp") == [("masked", 5 * 40)]
+    # rate 0.2: 18 rounds to 0.98 alone; the chain through the 5 sparsities 22 (tests/test_chains.py)
+    assert P.method_epochs(paper, "imp") == [("masked", 18 * 40)]
+    assert P.method_epochs(paper, "imp", paper.grid.sparsities) == [("masked", 22 * 40)]
+    assert P.method_epochs(paper, "lth", paper.grid.sparsities) == [("masked", 22 * 157)]
+    assert P.method_epochs(paper, "lrr", paper.grid.sparsities) == [("masked", 22 * 160)]
+    assert P.method_epochs(paper, "reinit") == [("masked", 160)]
     assert P.method_epochs(paper, "lr_rewind") == [("masked", 160)]
     for m in paper.grid.methods:             # every method the grid may name has a cost model
         assert sum(e for _, e in P.method_epochs(paper, m)) > 0

@@ -32,23 +32,25 @@ K = 1                                     # lth's rewind epoch: late rewinding, 
 
 # The schedules spelled out: 4 dense epochs at 0.1, x0.1 from epoch 2 (0.5 x 4) and again from epoch 3 (0.75 x 4);
 # 4 retraining epochs at 0.01 with the same drops; imp: 2 rounds of 2 epochs, each with the retraining drops
-# (0.5 x 2 = epoch 1; 0.75 x 2 = 1.5, rounded half up to 2 = after the round); lth: 2 rounds from dense epoch k.
+# (0.5 x 2 = epoch 1; 0.75 x 2 = 1.5, rounded half up to 2 = after the round); lth: 2 rounds from dense epoch k;
+# lrr: 2 rounds of the whole dense schedule. Rate 0.6 to S = 0.8: two rounds, to 0.6 and 0.8.
 CFG = replace(config.load("smoke"),
               train={"epochs": 4, "lr": 0.1, "lr_drops": [0.5, 0.75], "gamma": 0.1, "batch_size": BATCH,
                      "save_epochs": [0, K]},
               retrain={"epochs": 4, "lr": 0.01, "lr_drops": [0.5, 0.75], "gamma": 0.1},
-              imp={"rounds": 2, "epochs_per_round": 2}, lth={"rounds": 2, "rewind_epoch": K},
+              imp={"rate": 0.6, "epochs_per_round": 2}, lth={"rate": 0.6, "rewind_epoch": K}, lrr={"rate": 0.6},
               gmp={"start": 0.25, "end": 0.75})
 
 DENSE_LR = [0.1, 0.1, 0.01, 0.001]        # per epoch
 RETRAIN_LR = [0.01, 0.01, 0.001, 0.0001]
 EXPECTED_LR = {                            # per epoch; every epoch is 2 optimizer steps
-    "dense": DENSE_LR, "lr_rewind": DENSE_LR, "gmp": DENSE_LR,
+    "dense": DENSE_LR, "lr_rewind": DENSE_LR, "gmp": DENSE_LR, "reinit": DENSE_LR,
     **{m: RETRAIN_LR for m in ("finetune", "finetune_layerwise", "random", "kd", "fourier_kd", "fourier_kd_anti",
                                 "fourier_kd_shuffled", "fourier_kd_reverse", "freq_ce")},
     "imp": [0.01, 0.001] * 2,
     "lth": [0.1, 0.01, 0.001] * 2,         # dense epochs 1, 2, 3, in each of the 2 rounds
     "lth_init": DENSE_LR * 2,
+    "lrr": DENSE_LR * 2,
 }
 
 
@@ -139,7 +141,7 @@ def context(dense, cfg=CFG) -> MT.Context:
     teacher = net(0)
     teacher.load_state_dict(trained)
     mask = M.global_magnitude({n: trained[n] for n in prunable(net(0))}, S)
-    return MT.Context(cfg, S, 0, trained, mask, dense["res"]["snapshots"], teacher)
+    return MT.Context(cfg, S, 0, trained, mask, dense["res"]["snapshots"], teacher, arch="resnet20")
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +178,7 @@ def masked(state: dict, masks: dict) -> dict:
     return {k: v * masks[k] if k in masks else v for k, v in state.items()}
 
 
-@pytest.mark.parametrize("method", ONE_SHOT + ("imp",))
+@pytest.mark.parametrize("method", ONE_SHOT + ("imp", "lrr"))
 def test_first_step_trains_the_trained_dense_weights_masked(trained, method):
     res, watch, ctx = trained(method)
     first = watch.starts[0]
@@ -185,7 +187,7 @@ def test_first_step_trains_the_trained_dense_weights_masked(trained, method):
     assert set(first) == set(expected)
     for k, v in expected.items():
         assert torch.equal(first[k], v), k
-    if method not in ("finetune_layerwise", "random", "imp"):
+    if method not in ("finetune_layerwise", "random", "imp", "lrr"):
         assert all(torch.equal(watch.masks[0][n], ctx.mask[n]) for n in ctx.mask)   # the MBP mask itself
 
 
@@ -193,12 +195,12 @@ def test_first_step_trains_the_trained_dense_weights_masked(trained, method):
 def test_lottery_rounds_start_from_the_epoch_k_weights(trained, dense, method, k):
     res, watch, ctx = trained(method)
     rewind = dense["res"]["snapshots"][k]
-    assert len(watch.starts) == CFG.lth.rounds == len(watch.masks)
+    assert len(watch.starts) == 2 == len(watch.masks)
     for start, masks in zip(watch.starts, watch.masks):        # every round rewinds the survivors to epoch k
         expected = masked(rewind, masks)
         assert all(torch.equal(start[n], v) for n, v in expected.items())
     # the first round's mask: global magnitude of the TRAINED weights, to the first round's target
-    first = M.global_magnitude({n: ctx.dense[n] for n in ctx.mask}, M.iterative_targets(S, CFG.lth.rounds)[0])
+    first = M.global_magnitude({n: ctx.dense[n] for n in ctx.mask}, 0.6)
     assert all(torch.equal(watch.masks[0][n], m) for n, m in first.items())
 
 

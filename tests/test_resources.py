@@ -23,9 +23,12 @@ def test_run_time_is_epochs_times_arch_cost():
     assert R.minutes(cfg, "train_dense", wc) == 10 + 108          # 160 epochs x 0.5 min x 0.9 x 1.5
     assert R.minutes(cfg, "train_dense", wc, attempt=2) == 2 * 118
     assert R.minutes(cfg, "retrain", {**wc, "method": "fourier_kd"}) == 10 + 27   # 40 epochs
-    assert R.minutes(cfg, "retrain", {**wc, "arch": "resnet56", "method": "lth"}) == 10 + 1590   # 5 x (160 - 3)
-    assert R.minutes(cfg, "chain", {**wc, "method": "imp"}) == 10 + 135   # one chain: 5 levels, a round each
-    assert R.minutes(cfg, "retrain", {**wc, "method": "imp"}) == 10 + 135           # 5 rounds x 40 epochs
+    # lth by hand to 0.98 alone: 18 rounds of 20% x (160 - 3) epochs x 1.5 min x 0.9 x 1.5 = 5722.65
+    assert R.minutes(cfg, "retrain", {**wc, "arch": "resnet56", "method": "lth"}) == 10 + 5723
+    assert R.minutes(cfg, "chain", {**wc, "method": "imp"}) == 10 + 594   # one chain: 22 rounds x 40 epochs
+    assert R.minutes(cfg, "retrain", {**wc, "method": "imp"}) == 10 + 486           # 18 rounds x 40 epochs
+    assert R.minutes(cfg, "chain", {**wc, "method": "lrr"}) == 10 + 2376  # 22 rounds x 160 epochs x 0.675
+    assert R.minutes(cfg, "retrain", {**wc, "method": "reinit"}) == 10 + 108        # the dense 160 epochs
     assert R.minutes(cfg, "prepare", {}) == R.minutes(cfg, "report", {}) == 10
     half = paper(model={"width": 0.5})
     assert R.minutes(half, "train_dense", wc) == 10 + 27                          # width^2 = 1/4

@@ -39,7 +39,7 @@ EXPERIMENT = dict(
     train={"epochs": DENSE_EPOCHS, "batch_size": 64, "lr": 0.05, "lr_drops": [0.5, 0.75], "gamma": 0.1,
            "save_epochs": [0, 2]},                  # epoch 2: a snapshot taken after a resume too
     retrain={"epochs": 2, "lr": 0.01},
-    imp={"rounds": IMP_ROUNDS, "epochs_per_round": IMP_EPOCHS},
+    imp={"rate": 0.6, "epochs_per_round": IMP_EPOCHS},    # to 0.8 in IMP_ROUNDS = 2 rounds: 0.6, then 0.8
     lth={"rewind_epoch": 2},
     runtime={"threads": 1, "device": "cpu", "deterministic": True},
 )

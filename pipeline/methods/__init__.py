@@ -1,15 +1,15 @@
 """The retraining methods, one registry: each turns (the trained dense network, its MBP mask) into a Recipe.
 
 One module per family (pipeline/catalog.py says which method is which, whom it answers and what it costs):
-- oneshot.py: prune once, then train (finetune, finetune_layerwise, random, lr_rewind);
-- iterative.py: the mask changes during training (imp, lth, lth_init chains; gmp);
+- oneshot.py: prune once, then train (finetune, finetune_layerwise, random, lr_rewind, reinit);
+- iterative.py: the mask changes during training (imp, lth, lth_init, lrr chains; gmp);
 - distill.py: the MBP mask retrained against the dense teacher (kd, fourier_kd and its controls).
 """
 from __future__ import annotations
 
 from ..catalog import CATALOG, EQUAL_BUDGET, NEEDS_TEACHER  # noqa: F401
 from . import distill, iterative, oneshot
-from .base import Context, dense_recipe, freeze  # noqa: F401
+from .base import Context, dense_recipe, dense_round, freeze, recipe, retrain_round  # noqa: F401
 from .distill import filtered_ce, kd_loss  # noqa: F401
 from .iterative import gmp_epochs, rewind_epoch  # noqa: F401
 

@@ -22,6 +22,7 @@ class Context:
     snapshots: dict
     teacher: torch.nn.Module | None = None
     levels: list[float] | None = None    # iterative methods: every sparsity one shared chain passes (None: one)
+    arch: str | None = None              # the network's architecture (reinit draws it afresh)
 
     def __post_init__(self):
         # Frozen here, where every path (the retrain stage, benchmarks, tests) hands a method its teacher.
@@ -50,24 +51,31 @@ def recipe(cfg, rounds, **kw) -> Recipe:
     return Recipe(rounds, momentum=t.momentum, weight_decay=t.weight_decay, batch_size=t.batch_size, **kw)
 
 
-def dense_schedule(cfg, **kw) -> Round:
-    """The dense run's lr schedule (train.*): the dense stage, lr_rewind (Renda et al. 2020) and gmp train with it."""
+def retrain_round(cfg, epochs: int, **kw) -> Round:
+    """`epochs` at the retraining lr and its schedule (retrain.*): the one-shot budget, and each imp round."""
+    r = cfg.retrain
+    return Round(epochs, r.lr, r.lr_drops, r.gamma, schedule=r.schedule, **kw)
+
+
+def dense_round(cfg, rewind: int = 0, **kw) -> Round:
+    """The dense schedule (train.*), from epoch `rewind` of it to its end: the dense run (0), lth's rounds
+    (the rewind epoch), lrr's rounds, lr_rewind, reinit and gmp (0)."""
     t = cfg.train
-    return Round(t.epochs, t.lr, t.lr_drops, t.gamma, **kw)
+    return Round(t.epochs - rewind, t.lr, t.lr_drops, t.gamma, schedule=t.schedule, schedule_offset=rewind,
+                 schedule_epochs=t.epochs, **kw)
 
 
 def dense_recipe(cfg) -> Recipe:
     """The dense stage: the dense schedule from the initialisation, the weights of train.save_epochs kept."""
-    return recipe(cfg, [dense_schedule(cfg)], snapshots=cfg.train.save_epochs)
+    return recipe(cfg, [dense_round(cfg)], snapshots=cfg.train.save_epochs)
 
 
 def one_shot(ctx: Context, mask_fn, loss=cross_entropy) -> Recipe:
-    """Prune once and retrain with THE shared retraining budget (retrain.epochs, retrain.lr, its drops):
+    """Prune once and retrain with THE shared retraining budget (retrain.epochs, retrain.lr, its schedule):
     every method built here is compared at equal budget."""
     c = ctx.cfg
 
     def begin(model, _):
         load(model, ctx.dense)
         return mask_fn(model)
-    return recipe(c, [Round(c.retrain.epochs, c.retrain.lr, c.retrain.lr_drops, c.retrain.gamma, begin=begin)],
-                  loss=loss)
+    return recipe(c, [retrain_round(c, c.retrain.epochs, begin=begin)], loss=loss)
