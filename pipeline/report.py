@@ -14,7 +14,7 @@ import torch
 
 from . import claims, cost, figures, io, publish
 from .config import ROOT, Config, resolve_path
-from .catalog import EQUAL_BUDGET
+from .catalog import CHAIN_METHODS, EQUAL_BUDGET
 from .signature_table import CONTROLS, MEASURES, SIGNATURE, measure, signature, signature_radii  # noqa: F401
 from .spectral import FULL
 from .tracking import Run, git_commit
@@ -117,7 +117,7 @@ def main_table(summary: pd.DataFrame, ds: str, arch: str) -> str:
     lines.append(f"Test accuracy (%), mean ± sample std over {n} seed(s)" + (" (one seed: no spread)" if n < 2 else "")
                  + ". Epochs: retraining epochs spent per model (dense: training epochs). Train s: wall-clock "
                  f"training seconds per model (mean over seeds and sparsities) on {', '.join(sorted(df.hardware.unique()))}"
-                 ". imp, lth and lth_init run ONE chain per dense network through every sparsity: a level's "
+                 f". {', '.join(CHAIN_METHODS)} run ONE chain per dense network through every sparsity: a level's "
                  "epochs (and rounds, in summary.csv) are what the chain had spent when it reached that sparsity"
                  ". Equal budget means equal epochs and schedule, not equal compute: fourier_kd, its "
                  "curriculum controls and freq_ce make two student passes per step (the filtered batch for the "
