@@ -145,7 +145,7 @@ def test_the_default_claims_are_fourier_kd_against_every_baseline_and_the_contro
     baselines = [m for m, x in CL.CATALOG.items() if x.role == "baseline"]
     controls = [m for m, x in CL.CATALOG.items() if x.role == "control"]
     assert sorted(pairs) == sorted(("fourier_kd", b, "better") for b in baselines + controls)
-    assert len(baselines) == 9 and {c.baseline for c in cfg.report.claims if c.question} == {"kd", *controls}
+    assert len(baselines) == 10 and {c.baseline for c in cfg.report.claims if c.question} == {"kd", *controls}
 
 
 def test_every_baseline_row_follows_the_rule_with_its_cost_and_power():

@@ -98,8 +98,8 @@ def test_mlflow_has_one_finished_run_per_job(smoke):
     assert len(runs) == _runs(repo / "configs" / "smoke.yaml")
     assert {r.info.status for r in runs} == {"FINISHED"}
     stages = [r.data.tags["stage"] for r in runs]
-    # 10 one-shot methods, and the 4 chains' levels (one each: the smoke grid has one sparsity)
-    assert stages.count("retrain") == 14 and stages.count("chain") == 4 and stages.count("report") == 1
+    # 12 one-shot methods, and the 4 chains' levels (one each: the smoke grid has one sparsity)
+    assert stages.count("retrain") == 16 and stages.count("chain") == 4 and stages.count("report") == 1
     assert {r.data.tags["invocation"] for r in runs} == {"snakemake"}
     assert len({r.data.tags["invocation_id"] for r in runs}) == 1
     assert {r.data.tags["superseded"] for r in runs} == {"false"}
