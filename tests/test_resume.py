@@ -21,7 +21,7 @@ import torch
 
 from pipeline import data as D, io, masks as M, models
 from pipeline.config import ROOT, load
-from pipeline.stages import _identity, _prune_key, load_model
+from pipeline.jobs import identity as _identity, load_model, prune_key as _prune_key
 
 from .conftest import cli, run_stage, write_experiment
 
