@@ -87,6 +87,10 @@ def check_target(target, tracked_ok: bool = False) -> Path:
         if foreign:
             why = (f"it is not empty ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) and holds "
                    f"no {OURS} of ours: it was not written by this pipeline")
+            readme = real / "README.md"
+            if readme.is_file() and readme.read_text(errors="replace").startswith("# Report: experiment "):
+                why += (" (or by a version before manifests: if it holds nothing of yours, delete it, "
+                        f"rm -r {real}, and rerun)")
     if why:
         raise ConfigError(f"report.dir = {str(target)!r}: refused, {why}. A report replaces and deletes files "
                           f"in its folder: name an empty or new folder (the default is runs/<name>/report)")

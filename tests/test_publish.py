@@ -138,3 +138,15 @@ def test_publish_to_results_copies_by_the_manifest(tmp_path, monkeypatch):
     P.publish(cfg)
     assert _files(dst)["figures/a.png"] == b"a2" and "figures/b.png" not in _files(dst)
     assert _files(dst)["extra.md"] == b"kept"
+
+
+def test_a_report_from_before_manifests_is_refused_with_what_to_do(tmp_path):
+    old = tmp_path / "report"
+    old.mkdir()
+    (old / "README.md").write_text("# Report: experiment `smoke`\n")
+    (old / "summary.csv").write_text("a\n")
+    with pytest.raises(ConfigError, match=r"or by a version before manifests: if it holds nothing of yours, "
+                                          rf"delete it, rm -r {old}, and rerun\)"):
+        P.Staged(old)
+    assert sorted(p.name for p in old.iterdir()) == ["README.md", "summary.csv"]
+
