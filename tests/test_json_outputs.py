@@ -48,7 +48,9 @@ CASES = [("test_acc", "high", "must be a number in [0, 1]"),            # the th
          ("epochs", 2.5, "must be a non-negative integer"),
          ("weights", -100, "must be a non-negative integer"),
          ("nonzero_weights", True, "must be a non-negative integer"),
-         ("hardware", 3, "must be a string")]
+         ("hardware", 3, "must be a string"),
+         ("macs", 1.5e6, "must be a non-negative integer"),              # cost.py's columns
+         ("speedup", 0.5, "must be a number >= 1 (dense MACs / nonzero MACs)")]
 
 
 @pytest.mark.parametrize("key,value,says", CASES)
