@@ -45,8 +45,9 @@ reproduce: $(STAMP)      ## the paper's grid (needs internet for CIFAR and, in p
 reproduce-slurm: $(STAMP) ## the paper's grid, every job a SLURM job (profiles/slurm; README: Running on a cluster)
 	snakemake --profile profiles/slurm $(SNAKEMAKE_ARGS)
 
+# PYTEST_ARGS: e.g. --random-order=random (CI: the suite in a shuffled order, its seed printed), -x, -k NAME
 test: $(STAMP)           ## unit, reliability and end-to-end tests (offline)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 mutation: $(STAMP)       ## the mutation check alone (part of make test): every bug in tests/mutants.yaml must fail a test
 	$(PY) -m pytest -q tests/test_mutation.py

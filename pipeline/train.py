@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import io, masks as M
+from . import faults, io, masks as M
 from . import captured
 from .config import full_band_radius
 from .errors import Diverged
@@ -289,7 +289,8 @@ def run(recipe: Recipe, model: nn.Module, data: Data, rt: Runtime, seed: int, ck
             lr = lr_at(rnd, epoch)
             for pg in opt.param_groups:
                 pg["lr"] = lr
-            metrics = _epoch(step_model, model, opt, recipe, data, rt, g, epoch, weights, masks, graphs)
+            metrics = _epoch(step_model, model, opt, recipe, data, rt, g, epoch, weights, masks, graphs,
+                             halt=faults.at(ri, epoch))
             bad = metrics.pop("first_bad_step")
             if not math.isfinite(metrics["train_loss"]):
                 where = f"first at step {bad} of {max(1, len(data.train_y) // recipe.batch_size)}" if bad >= 0 \
@@ -360,9 +361,10 @@ def _weights(model: nn.Module, masks: dict) -> dict:
 
 
 def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, epoch, weights, masks,
-           graphs: captured.Graphs | None = None, observe: Callable | None = None) -> dict:
+           graphs: captured.Graphs | None = None, observe: Callable | None = None, halt=None) -> dict:
     """One epoch. `graphs`: the job's CUDA-graph state (rt.graphs; None: a fresh one). `observe(i, loss,
-    logits)`: called after every step with its outputs (benchmarks/gpu_check.py records them)."""
+    logits)`: called after every step with its outputs (benchmarks/gpu_check.py records them). `halt` =
+    (step, action): action() just before that step (pipeline/faults.py: the tests' kill and pause points)."""
     step_model.train()
     n = len(data.train_y)
     loss_sum = torch.zeros((), device=rt.device)
@@ -391,6 +393,8 @@ def _epoch(step_model, model, opt, recipe: Recipe, data: Data, rt: Runtime, g, e
         step = graphs.wrap(step, model, opt, None if weights is None else
                            {k: (weights[k], masks[k].logical_not()) for k in weights})
     for i in range(steps):
+        if halt is not None and i == halt[0]:
+            halt[1]()
         idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
         x = augment(data.train_x[idx].float().div_(255), flips[i], offs[i])
         y = data.train_y[idx]

@@ -2,9 +2,14 @@
 tools run them), MLflow and checkpoints redirected into the temp folder."""
 from __future__ import annotations
 
+import json
 import os
+import random
+import shutil
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,95 @@ import yaml
 from pipeline.config import ROOT, merge, read_yaml
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
+
+
+# ------------------------------------------------------------------------------------ random test order
+
+def pytest_addoption(parser):
+    parser.addoption("--random-order", metavar="SEED", default=None,
+                     help="run the test files, and the tests in each, in an order shuffled by SEED (an integer, "
+                          "or 'random': a new one, printed). A module's or class's tests stay together, so "
+                          "their fixtures are set up once. CI runs the suite once this way (.ci/run)")
+
+
+def _order_seed(config) -> int | None:
+    value = config.getoption("random_order")
+    if value in (None, ""):
+        return None
+    if value == "random":
+        if not hasattr(config, "_random_order_seed"):
+            config._random_order_seed = int.from_bytes(os.urandom(4), "big") % 10**6
+        return config._random_order_seed
+    try:
+        return int(value)
+    except ValueError:
+        raise pytest.UsageError(f"--random-order={value!r}: an integer seed or 'random'") from None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    seed = _order_seed(config)
+    if seed is None:
+        return
+    rng = random.Random(seed)
+    groups: dict[str, dict[str, list]] = {}          # module -> parent (module or class) -> its tests
+    for item in items:
+        parent = item.nodeid.rsplit("::", 1)[0]
+        groups.setdefault(item.nodeid.split("::", 1)[0], {}).setdefault(parent, []).append(item)
+    modules = list(groups.values())
+    rng.shuffle(modules)
+    items[:] = []
+    for parents in modules:
+        tests = list(parents.values())
+        rng.shuffle(tests)
+        for group in tests:
+            rng.shuffle(group)
+            items.extend(group)
+
+
+def pytest_report_header(config):
+    seed = _order_seed(config)
+    return None if seed is None else f"random order: --random-order={seed} repeats it"
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    seed = _order_seed(config)
+    if seed is not None:                               # also under -q, which hides the header
+        terminalreporter.write_line(f"tests ran in random order: --random-order={seed} repeats it")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def unavailable(reason: str):
+    """A prerequisite of a test is missing: skip with the reason locally; fail under CI (CI=true, .ci/run),
+    where every test must run."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but the test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def cifar10_jpeg_dir() -> Path:
+    """The CIFAR-10 JPEG copy: $CIFAR10_JPEG_DIR, else ../shared/data/cifar10-jpeg beside the repository;
+    unavailable() when it is not there."""
+    folder = Path(os.environ.get("CIFAR10_JPEG_DIR") or ROOT.parent / "shared" / "data" / "cifar10-jpeg")
+    if not (folder / "train").is_dir() or not (folder / "test").is_dir():
+        unavailable(f"the CIFAR-10 JPEG copy is not at {folder} (set CIFAR10_JPEG_DIR to the folder holding "
+                    f"train/<class>/ and test/<class>/)")
+    return folder
+
+
+def wait_for(condition, what: str, timeout: float = 600, alive=None, interval: float = 0.05):
+    """Poll condition() until it returns something true, and return that; fail naming `what` after
+    `timeout` seconds, or at once when alive() (e.g. the process that should bring it about) says False.
+    A condition, not a time: a slow machine only waits longer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert alive is None or alive(), f"gave up waiting for {what}: the process it needs has ended"
+        assert time.monotonic() < deadline, f"gave up waiting for {what} after {timeout:.0f} s"
+        time.sleep(interval)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -89,3 +183,54 @@ def copy_env(repo: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_RUNS")}
     env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONPATH=str(repo))
     return env
+
+
+def run_jobs(jobs, check: bool = True, timeout: float = 1800) -> list[int]:
+    """Jobs (each with .args, the arguments of `python -m pipeline`, and .env) one after another in ONE new
+    Python process, each through the CLI's main() in its own environment: the entry point of `python -m
+    pipeline`, with the ~8 s of CPU of its imports paid once. Returns their exit statuses (check: all 0)."""
+    script = ("import json, os, sys\nfrom pipeline.__main__ import main\ncodes = []\n"
+              "for env, args in json.load(sys.stdin):\n"
+              "    os.environ.clear()\n    os.environ.update(env)\n    codes.append(main(args))\n"
+              "print(json.dumps(codes))\n")
+    first = jobs[0].env if jobs else os.environ
+    p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=first, capture_output=True, text=True,
+                       timeout=timeout, input=json.dumps([[dict(j.env), [str(a) for a in j.args]] for j in jobs]))
+    assert p.returncode == 0, f"exit {p.returncode}:\n{p.stderr[-4000:]}"
+    codes = json.loads(p.stdout.strip().splitlines()[-1])
+    if check:
+        assert codes == [0] * len(jobs), f"exit statuses {codes}:\n{p.stderr[-4000:]}"
+    return codes
+
+
+class Smoke:
+    """A finished `make smoke` in a project copy: `repo`, the environment to run commands there (`env`) and
+    what make printed (`out`)."""
+
+    def __init__(self, repo: Path, env: dict, out: str):
+        self.repo, self.env, self.out = repo, env, out
+
+    def clone(self, dest: Path) -> "Smoke":
+        """An independent copy at `dest`, for a test that edits or deletes files: the project, its runs/ and
+        Snakemake's records with their times (Snakemake sees the same up-to-date DAG), and its MLflow store
+        with the artifact locations moved into the copy (new runs there write nothing into the original)."""
+        shutil.copytree(self.repo, dest, symlinks=True)
+        db = dest / "mlruns.db"
+        old, new = self.repo.resolve().as_uri(), dest.resolve().as_uri()
+        with sqlite3.connect(db) as con:
+            con.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", (old, new))
+            con.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
+        con.close()
+        return Smoke(dest, copy_env(dest), self.out)
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory) -> Smoke:
+    """`make smoke` once per test session, in a project copy: shared by every test that only reads it
+    (test_e2e, test_slurm's comparison); a test that changes files works on smoke.clone(its tmp_path)."""
+    repo = project_copy(tmp_path_factory.mktemp("smoke") / "repo")
+    env = copy_env(repo)
+    r = subprocess.run(make("smoke", repo), cwd=repo, env=env, capture_output=True, text=True, timeout=3600,
+                       shell=True)
+    assert r.returncode == 0, f"make smoke\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return Smoke(repo, env, r.stdout + r.stderr)
