@@ -34,7 +34,7 @@ from .conftest import cli, run_jobs, write_experiment
 
 NAME = "resume"
 DENSE_EPOCHS = 5
-IMP_ROUNDS, IMP_EPOCHS = 2, 2
+IMP_ROUNDS, IMP_EPOCHS = 2, 2       # rate 0.6 (EXPERIMENT): rounds to 0.6, then 0.8
 # 4 steps an epoch at width 0.25: long enough to be killed mid-epoch, cheap (the kill is exact).
 EXPERIMENT = dict(
     datasets={"synthetic": {"source": "synthetic", "classes": 10, "train_size": 256, "val_size": 64,
@@ -43,8 +43,9 @@ EXPERIMENT = dict(
     train={"epochs": DENSE_EPOCHS, "batch_size": 64, "lr": 0.05, "lr_drops": [0.5, 0.75], "gamma": 0.1,
            "save_epochs": [0, 2]},                  # epoch 2: a snapshot taken after a resume too
     retrain={"epochs": 2, "lr": 0.01},
-    imp={"rounds": IMP_ROUNDS, "epochs_per_round": IMP_EPOCHS},
-    lth={"rounds": 2, "rewind_epoch": 2},           # rounds of 3 epochs (5 - 2), rewound to the epoch-2 snapshot
+    # rate 0.6 per round: 2 rounds to SPARSITY 0.8 (0.6, then 0.8)
+    imp={"rate": 0.6, "epochs_per_round": IMP_EPOCHS},
+    lth={"rate": 0.6, "rewind_epoch": 2},           # rounds of 3 epochs (5 - 2), rewound to the epoch-2 snapshot
     runtime={"threads": 1, "device": "cpu", "deterministic": True},
 )
 SPARSITY = 0.8
