@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -203,6 +204,31 @@ def run_jobs(jobs, check: bool = True, timeout: float = 1800) -> list[int]:
     return codes
 
 
+def interrupt(p: subprocess.Popen) -> None:
+    """Stop a command started with start_new_session=True, its whole process group: SIGINT (Snakemake stops
+    its jobs, cancels its SLURM jobs), SIGKILL a minute later."""
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGINT)
+        try:
+            p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+
+
+def shell(cmd: str, cwd: Path, env: dict, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """`cmd` through the shell in its own process group, output captured; past `timeout` the whole group is
+    interrupted, not only the shell (a timed-out `make smoke` must not leave Snakemake and its jobs running)."""
+    p = subprocess.Popen(cmd, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        interrupt(p)
+        raise
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
 class Smoke:
     """A finished `make smoke` in a project copy: `repo`, the environment to run commands there (`env`) and
     what make printed (`out`)."""
@@ -213,13 +239,15 @@ class Smoke:
     def clone(self, dest: Path) -> "Smoke":
         """An independent copy at `dest`, for a test that edits or deletes files: the project, its runs/ and
         Snakemake's records with their times (Snakemake sees the same up-to-date DAG), and its MLflow store
-        with the artifact locations moved into the copy (new runs there write nothing into the original)."""
+        moved into the copy: artifact locations (new runs there write nothing into the original) and the
+        runs' `project` tag (a job rerun in the copy supersedes the copied runs, as in the original)."""
         shutil.copytree(self.repo, dest, symlinks=True)
-        db = dest / "mlruns.db"
-        old, new = self.repo.resolve().as_uri(), dest.resolve().as_uri()
-        with sqlite3.connect(db) as con:
-            con.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", (old, new))
-            con.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
+        old, new = self.repo.resolve(), dest.resolve()
+        with sqlite3.connect(dest / "mlruns.db") as con:
+            con.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
+                        (old.as_uri(), new.as_uri()))
+            con.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old.as_uri(), new.as_uri()))
+            con.execute("UPDATE tags SET value = ? WHERE key = 'project' AND value = ?", (str(new), str(old)))
         con.close()
         return Smoke(dest, copy_env(dest), self.out)
 
@@ -230,7 +258,6 @@ def smoke(tmp_path_factory) -> Smoke:
     (test_e2e, test_slurm's comparison); a test that changes files works on smoke.clone(its tmp_path)."""
     repo = project_copy(tmp_path_factory.mktemp("smoke") / "repo")
     env = copy_env(repo)
-    r = subprocess.run(make("smoke", repo), cwd=repo, env=env, capture_output=True, text=True, timeout=3600,
-                       shell=True)
+    r = shell(make("smoke", repo), repo, env, timeout=3600)
     assert r.returncode == 0, f"make smoke\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return Smoke(repo, env, r.stdout + r.stderr)

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import pytest
 
 from pipeline.config import ROOT, load
 from pipeline.tracking import COMPARE_FILTER, Run
+
+from .conftest import wait_for
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 try:
@@ -77,14 +78,13 @@ def ui(tmp_path_factory):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.time() + 180
-        while True:
+        def answers() -> bool:
             try:
                 urllib.request.urlopen(url, timeout=5)
-                break
+                return True
             except OSError:
-                assert server.poll() is None and time.time() < deadline, "mlflow ui did not start"
-                time.sleep(1)
+                return False
+        wait_for(answers, "mlflow ui to answer", 180, alive=lambda: server.poll() is None, interval=0.5)
         yield url, expected
     finally:
         os.killpg(server.pid, signal.SIGTERM)        # the server and its uvicorn worker (own session)
@@ -94,6 +94,7 @@ def ui(tmp_path_factory):
 def test_readme_recipe_finds_every_method_and_its_test_accuracy(ui, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
@@ -115,23 +116,36 @@ def test_readme_recipe_finds_every_method_and_its_test_accuracy(ui, tmp_path):
         search = wait.until(EC.element_to_be_clickable(
             (By.CSS_SELECTOR, "input[placeholder*='metrics.rmse'], input[placeholder*='Search runs']")))
         search.send_keys(COMPARE_FILTER)                                 # 2. the README's search
-        time.sleep(1)
-        search.send_keys(Keys.ESCAPE, Keys.ENTER)            # (Escape closes the autocompletion list)
+        # Typed once the input holds it (a controlled React input); the autocompletion list opens from that
+        # state, Escape closes it, then Enter submits the filter (Enter on an open list would pick an entry).
+        wait.until(lambda _: search.get_attribute("value") == COMPARE_FILTER)
+        search.send_keys(Keys.ESCAPE, Keys.ENTER)
         wait.until(lambda _: f"{len(expected)} matching runs" in d.find_element(By.TAG_NAME, "body").text)
         d.find_element(By.XPATH, "//button[normalize-space()='Columns']").click()    # 3. Columns: test_acc
         d.switch_to.active_element.send_keys("test_acc")
         wait.until(EC.element_to_be_clickable(
             (By.XPATH, "//span[contains(@class,'tree-title')][normalize-space()='test_acc']"))).click()
         d.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
-        time.sleep(2)
-        cells: dict[str, list[str]] = {}
-        for row in d.find_elements(By.CSS_SELECTOR, "div[role=row][row-index]"):
-            cells.setdefault(row.get_attribute("row-index"), []).append(row.text)
-        found = {}
-        for parts in cells.values():
-            text = "\n".join(parts).splitlines()
-            name = next(t for t in text if " | retrain " in t)
-            found[name.split()[0]] = round(float(text[-1]), 4)
+        found: dict[str, float] = {}
+
+        def table_shows_every_method(_) -> bool:
+            """The table as it is now (it renders the new column asynchronously): {method: last cell}."""
+            cells: dict[str, list[str]] = {}
+            for row in d.find_elements(By.CSS_SELECTOR, "div[role=row][row-index]"):
+                cells.setdefault(row.get_attribute("row-index"), []).append(row.text)
+            found.clear()
+            for parts in cells.values():
+                text = "\n".join(parts).splitlines()
+                name = next((t for t in text if " | retrain " in t), None)
+                try:
+                    found[name.split()[0]] = round(float(text[-1]), 4)
+                except (AttributeError, IndexError, ValueError):
+                    pass                        # the row without its test_acc cell yet
+            return found == expected
+        try:
+            WebDriverWait(d, 60, ignored_exceptions=(StaleElementReferenceException,)).until(table_shows_every_method)
+        except TimeoutException:
+            pass                                # the assertion below shows what the table held
     finally:
         d.save_screenshot(str(tmp_path / "mlflow_ui.png"))
         d.quit()

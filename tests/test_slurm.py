@@ -1,8 +1,10 @@
 """The same DAG on a real SLURM: a single-node cluster on this host (tests/slurm/start.sh), the smallest
 smoke DAG that trains (prepare -> train_dense -> prune -> retrain fourier_kd) through the SLURM profile,
 logging to an MLflow tracking server. Checks: every job ran as a SLURM job (the job-completion log), the
-outputs equal a local run's bit for bit, MLflow holds every run; then a job cancelled mid-epoch is
-resubmitted by Snakemake, resumes from its checkpoint (same MLflow run) and ends equal to the uninterrupted run.
+outputs equal the local smoke run's bit for bit (the session's `smoke` fixture, shared with test_e2e), MLflow
+holds every run; then a job cancelled mid-epoch is resubmitted by Snakemake, resumes from its checkpoint (same
+MLflow run) and ends equal to the uninterrupted run. The job is cancelled while it waits at an exact step
+(PIPELINE_TEST_PAUSE_AT, pipeline/faults.py): no timing window.
 
 Needs root and slurm-wlm + munge (start.sh installs them with apt-get). Where SLURM cannot start, the tests
 skip with the reason; under CI=true they fail instead (.ci/run runs them)."""
@@ -12,7 +14,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import faults
 from pipeline.config import ROOT
+from tests.conftest import interrupt, unavailable, wait_for
 from tests.mlflow_server import mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -31,13 +34,6 @@ TARGET = CELL.format(stage="retrain") + "/s0.9/fourier_kd/model.pt"
 OUTPUTS = ["runs/smoke/data/synthetic.pt", CELL.format(stage="dense") + "/model.pt",
            CELL.format(stage="dense") + "/snapshots.pt", CELL.format(stage="prune") + "/s0.9/mask.pt", TARGET]
 DAG_LIMIT = 1200      # seconds: a hard limit on every Snakemake run (SIGINT cancels its SLURM jobs)
-
-
-def unavailable(reason: str):
-    """Skip with the reason locally; fail under CI (where the SLURM tests must run)."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"SLURM test could not run on CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +79,6 @@ def snakemake(args: str, repo: Path, env: dict, limit: float = DAG_LIMIT) -> sub
     return p
 
 
-def interrupt(p: subprocess.Popen) -> None:
-    """SIGINT: Snakemake cancels its SLURM jobs and exits (SIGKILL after a minute)."""
-    if p.poll() is None:
-        os.killpg(p.pid, signal.SIGINT)
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-
-
 def finish(p: subprocess.Popen) -> str:
     """Wait within the hard limit (then interrupt it); the run's output."""
     try:
@@ -123,21 +108,17 @@ def run_id(out: str) -> str:
 
 @pytest.fixture(scope="module")
 def dag(cluster, tmp_path_factory):
-    """The DAG through SLURM (tracking server) and, at the same time, locally (SQLite), in two copies."""
+    """The DAG through SLURM (tracking server), in a project copy."""
     folder = tmp_path_factory.mktemp("dag")
     with mlflow_server(folder / "mlflow") as url:
-        slurm_repo, local_repo = project_copy(folder / "slurm"), project_copy(folder / "local")
-        local = snakemake(f"{TARGET} --cores 1 --configfile configs/smoke.yaml", local_repo,
-                          environment(local_repo, MLFLOW_TRACKING_URI=f"sqlite:///{local_repo / 'mlruns.db'}"))
+        slurm_repo = project_copy(folder / "slurm")
         env = environment(slurm_repo, MLFLOW_TRACKING_URI=url, SLURM_CONF=str(cluster / "slurm.conf"))
-        try:
-            out = finish(snakemake(f"{TARGET} --profile tests/slurm/profile --configfile configs/smoke.yaml",
-                                   slurm_repo, env))
-        except BaseException:
-            interrupt(local)
-            raise
-        finish(local)
-        yield {"repo": slurm_repo, "local": local_repo, "env": env, "url": url, "out": out, "cluster": cluster}
+        out = finish(snakemake(f"{TARGET} --profile tests/slurm/profile --configfile configs/smoke.yaml",
+                               slurm_repo, env))
+        # What this DAG left, recorded now: the cancel test reruns a job here (in any test order)
+        left = {"md5": {f: md5(slurm_repo / f) for f in OUTPUTS},
+                "runs": sorted((r.data.tags["stage"], r.info.status) for r in mlflow_runs(url))}
+        yield {"repo": slurm_repo, "env": env, "url": url, "out": out, "cluster": cluster, **left}
 
 
 def mlflow_runs(url: str):
@@ -146,32 +127,32 @@ def mlflow_runs(url: str):
     return client.search_runs([client.get_experiment_by_name("smoke").experiment_id], max_results=1000)
 
 
-def test_every_job_is_a_slurm_job_outputs_equal_a_local_run_mlflow_holds_every_run(dag):
+def test_every_job_is_a_slurm_job_outputs_equal_a_local_run_mlflow_holds_every_run(dag, smoke):
     repo, out = dag["repo"], dag["out"]
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
     assert len(submitted) == 4, out[-3000:]                       # prepare, train_dense, prune, retrain
     assert jobcomp(dag["cluster"], run_id(out)) == ["COMPLETED"] * 4
     for f in OUTPUTS:
-        assert md5(repo / f) == md5(dag["local"] / f), f"{f} differs between SLURM and the local run"
+        assert dag["md5"][f] == md5(smoke.repo / f), f"{f} differs between SLURM and the local smoke run"
     metrics = (repo / TARGET).with_name("metrics.json").read_text()
     assert "1 thread(s) per job" in metrics                        # --threads {threads} reached the job
-    runs = mlflow_runs(dag["url"])
-    assert sorted(r.data.tags["stage"] for r in runs) == ["prepare", "prune", "retrain", "train_dense"]
-    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert dag["runs"] == [(stage, "FINISHED") for stage in ("prepare", "prune", "retrain", "train_dense")]
 
 
-def test_a_job_cancelled_mid_epoch_is_resubmitted_and_resumes_from_its_checkpoint(dag):
-    repo, env, cluster = dag["repo"], dag["env"], dag["cluster"]
+def test_a_job_cancelled_mid_epoch_is_resubmitted_and_resumes_from_its_checkpoint(dag, tmp_path):
+    repo, cluster = dag["repo"], dag["cluster"]
     reference = md5(repo / TARGET)
     checkpoints = repo / "runs" / "smoke" / "checkpoints"
+    # The retrain job waits at step 5 of epoch 1 (epoch 0 checkpointed), once: its resubmission runs through.
+    paused = tmp_path / "paused"
+    env = {**dag["env"], faults.PAUSE: "0,1,5", faults.PAUSE_FILE: str(paused)}
     # Targets first: --forcerun and --configfile take several values.
     p = snakemake(f"{TARGET} --profile tests/slurm/profile --forcerun retrain --configfile configs/smoke.yaml",
                   repo, env)
     try:
-        deadline = time.time() + DAG_LIMIT / 2
-        while not list(checkpoints.glob("retrain-*.pt")):         # epoch 0 done: the job is in epoch 1
-            assert p.poll() is None and time.time() < deadline, "the retrain job never wrote a checkpoint"
-            time.sleep(0.1)
+        wait_for(lambda: paused.exists() and paused.read_text().endswith("\n"), "the retrain job to pause",
+                 DAG_LIMIT / 2, alive=lambda: p.poll() is None)
+        assert len(list(checkpoints.glob("retrain-*.pt"))) == 1, "no checkpoint of epoch 0"
         running = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], env=env, capture_output=True,
                                  text=True, timeout=30).stdout.split()
         assert len(running) == 1, running
@@ -204,5 +185,5 @@ def test_a_missing_cluster_skips_locally_and_fails_on_ci(monkeypatch):
     with pytest.raises(pytest.skip.Exception, match="no slurmd here"):
         unavailable("no slurmd here")
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="SLURM test could not run on CI: no slurmd here"):
+    with pytest.raises(pytest.fail.Exception, match="CI=true but the test cannot run: no slurmd here"):
         unavailable("no slurmd here")
