@@ -76,6 +76,26 @@ def test_claims_judged_per_cell_take_the_cell_from_their_heading(tmp_path):
         ("a vs b — retrain budget", "d/a", "held"), ("does order matter? — a vs a_anti", "d/a", "worse")]
 
 
+def test_the_index_carries_the_reports_caveat_and_its_regime_notes(tmp_path):
+    # A visitor who reads only the index must not take "worse than lrr" for a finding about recovery when the
+    # report says its dense model is under-trained: the caveat and each regime note's title go with the verdicts.
+    head, claims = REPORT.split("## Claims")[0], CLAIMS_BY_CELL.split("### Across cells")[0]
+    regime = ("Regime notes:\n\n- **Dense model under-trained**: lrr at s=0.9 (+8.33 pp) beats the dense teacher.\n"
+              "- **Equal epochs, not equal compute**: kd 1.37x.\n\n### Across cells\n\n"
+              "- a vs b: held in 1 of 1 (after Holm across cells: 1); held in every cell: yes\n")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "README.md").write_text(head.replace("\n## d / a", "\n> Tiny budget: not the paper.\n\n## d / a")
+                                              + claims + regime)
+    d = index.describe(tmp_path / "x" / "README.md")
+    assert d["caveats"] == ["Tiny budget: not the paper."]
+    assert d["regimes"] == [("Dense model under-trained", "d/a"), ("Equal epochs, not equal compute", "d/a")]
+    assert len(d["claims"]) == 2            # the notes and the across-cells lines are no verdicts
+    text = index.index(tmp_path)
+    assert "> Tiny budget: not the paper.\n" in text
+    assert ("Regime notes (the report says what each means for its verdicts): Dense model under-trained (d/a); "
+            "Equal epochs, not equal compute (d/a).") in text
+
+
 def test_a_folder_without_a_report_header_is_refused_naming_it(tmp_path):
     (tmp_path / "y").mkdir()
     (tmp_path / "y" / "README.md").write_text("# notes\n- Data: mine\n")
