@@ -169,7 +169,8 @@ def _finding(c: ClaimCfg, j: Judged, floor: Judged | None, margin_pp: float) -> 
 
 def _teacher_note(summary, ds, arch, alpha) -> str | None:
     """Retrained models above their own dense teacher beyond their interval (paired by seed: the one-sided test
-    at alpha), with how many survive Holm across the cell's method-sparsity comparisons."""
+    at alpha), with how many survive Holm across the cell's method-sparsity comparisons, and the epochs each
+    spent beside the dense model's (the usual reason: a chain or a dense schedule trains longer than it did)."""
     df = _cell(summary, ds, arch)
     found = [(m, d) for m in sorted(set(df.method) - {"dense"}) if "dense" in set(df.method)
              for d in paired(summary, ds, arch, m, "dense", sorted(df[df.method == m].sparsity.unique()))]
@@ -177,12 +178,16 @@ def _teacher_note(summary, ds, arch, alpha) -> str | None:
     if not above:
         return None
     kept = sum(p <= alpha for p in V.holm([d.p_greater() for _, d in found]) if not math.isnan(p))
+
+    def epochs(rows):            # the epochs column: retraining epochs (dense: training epochs), as in the table
+        return f"{rows.epochs.mean():g} epochs"
     parts = []
     for m, d in above:
         low, high = d.interval(1 - 2 * alpha)
-        parts.append(f"{m} at s={d.key} ({_pp(d.mean)} pp [{_pp(low)}, {_pp(high)}])")
+        spent = epochs(df[(df.method == m) & (df.sparsity == d.key)])
+        parts.append(f"{m} at s={d.key} ({_pp(d.mean)} pp [{_pp(low)}, {_pp(high)}], {spent})")
     return (f"**Dense model under-trained**: {', '.join(parts)} beat{'s' if len(above) == 1 else ''} the dense "
-            f"teacher beyond {'its' if len(above) == 1 else 'their'} {100 * (1 - 2 * alpha):g}% t-interval (paired "
+            f"teacher ({epochs(df[df.method == 'dense'])}) beyond {'its' if len(above) == 1 else 'their'} {100 * (1 - 2 * alpha):g}% t-interval (paired "
             f"by seed; {len(above)} of the cell's {len(found)} method-sparsity comparisons, {kept} after Holm "
             "across them). Retraining is still training here: the verdicts are about training, not recovery.")
 

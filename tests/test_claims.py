@@ -192,8 +192,8 @@ def test_regime_notes_name_a_beaten_teacher_and_unequal_compute():
     lines = CL.section(pd.DataFrame(cell_rows()), config(), {})
     teacher = next(ln for ln in lines if "Dense model under-trained" in ln)
     # lth_init - dense = +10, +10.5, +10.5 at 0.9 (0 at 0.5, as every method there)
-    assert "**Dense model under-trained**: lth_init at s=0.9 (+10.33 pp [+9.85, +10.82]) beats the dense teacher " \
-        "beyond its 90% t-interval (paired by seed; 1 of the cell's 16 method-sparsity comparisons, 1 after Holm" \
+    assert "**Dense model under-trained**: lth_init at s=0.9 (+10.33 pp [+9.85, +10.82], 6 epochs) beats the dense " \
+        "teacher (3 epochs) beyond its 90% t-interval (paired by seed; 1 of the cell's 16 method-sparsity comparisons, 1 after Holm" \
         in teacher and "verdicts are about training, not recovery" in teacher
     compute = next(ln for ln in lines if "Equal epochs, not equal compute" in ln)
     assert "spend 3 epochs each" in compute and "fourier_kd 2.00x" in compute and "kd 1.33x" in compute
