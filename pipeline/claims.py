@@ -186,10 +186,12 @@ def _teacher_note(summary, ds, arch, alpha) -> str | None:
         low, high = d.interval(1 - 2 * alpha)
         spent = epochs(df[(df.method == m) & (df.sparsity == d.key)])
         parts.append(f"{m} at s={d.key} ({_pp(d.mean)} pp [{_pp(low)}, {_pp(high)}], {spent})")
-    return (f"**Dense model under-trained**: {', '.join(parts)} beat{'s' if len(above) == 1 else ''} the dense "
-            f"teacher ({epochs(df[df.method == 'dense'])}) beyond {'its' if len(above) == 1 else 'their'} {100 * (1 - 2 * alpha):g}% t-interval (paired "
-            f"by seed; {len(above)} of the cell's {len(found)} method-sparsity comparisons, {kept} after Holm "
-            "across them). Retraining is still training here: the verdicts are about training, not recovery.")
+    one = len(above) == 1
+    return (f"**Dense model under-trained**: {', '.join(parts)} beat{'s' if one else ''} the dense teacher "
+            f"({epochs(df[df.method == 'dense'])}) beyond {'its' if one else 'their'} {100 * (1 - 2 * alpha):g}% "
+            f"t-interval (paired by seed; {len(above)} of the cell's {len(found)} method-sparsity comparisons, "
+            f"{kept} after Holm across them). Retraining is still training here: the verdicts are about training, "
+            "not recovery.")
 
 
 def _compute_note(summary, ds, arch) -> str | None:

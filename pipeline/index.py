@@ -61,7 +61,8 @@ def index(results: Path) -> str:
         summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "no claims"
         lines.append(f"| [{name}]({name}/README.md) | {d['Data']} | {d['Hardware']} | {seeds} | "
                      f"{d['Written']} | {summary} |")
-        details += [f"## {name}", "", f"{d['Experiment']}.", ""] + [f"> {c}\n" for c in d["caveats"]]
+        details += [f"## {name}", "", f"{d['Experiment']}.", ""]
+        details += [line for c in d["caveats"] for line in (f"> {c}", "")]
         if d["regimes"]:
             details += ["Regime notes (the report says what each means for its verdicts): " +
                         "; ".join(f"{title} ({where})" for title, where in d["regimes"]) + ".", ""]
