@@ -18,7 +18,7 @@ FAST_TESTS := tests/test_config.py tests/test_dag.py tests/test_frequency.py tes
               tests/test_train_step.py tests/test_captured.py tests/test_plan.py tests/test_resources.py \
               tests/test_models.py tests/test_recipes.py tests/test_teacher.py tests/test_report_tables.py \
               tests/test_versions.py tests/test_cost.py tests/test_index.py tests/test_schedules.py \
-              tests/test_reinit.py
+              tests/test_reinit.py tests/test_readme_numbers.py
 
 .PHONY: install smoke reproduce reproduce-slurm test test-fast mutation ui bench dvc-smoke dvc-adopt clean-smoke publish dag \
         push pull pull-teachers
@@ -31,6 +31,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $(STAMP)
 
 smoke: $(STAMP)          ## the whole DAG on the smoke experiment; report in runs/smoke/report/ (git stays clean)
+	python -m pipeline validate --experiment smoke     # names a bad YAML tag, which Snakemake's own loader does not
 	snakemake --cores all --configfile configs/smoke.yaml --show-failed-logs
 
 clean-smoke:             ## delete the smoke run's outputs (runs/smoke/); MLflow runs stay (superseded by the next)
@@ -74,7 +75,8 @@ dvc-adopt: $(STAMP)      ## after `make smoke`: DVC records Snakemake's outputs 
 # Sharing through a DVC remote (README: Sharing what was computed). The remote is each clone's own setting
 # (`dvc remote add -d --local NAME URL`, kept in the git-ignored .dvc/config.local): the project commits none.
 # dvc.lock says what to pull: commit it after `make push`. A pull re-times the files in the DAG's order
-# (snakemake --touch), as dvc-adopt does, so that neither tool runs again what was pulled.
+# (snakemake --touch), as dvc-adopt does, so that neither tool runs again what was pulled, and copies the pulled
+# report build (runs/<name>/report_build/, with its manifest) into report.dir.
 push: $(STAMP)           ## after dvc-adopt (or dvc repro): every output dvc.lock records, to the DVC remote
 	dvc push
 	@echo "pushed; commit dvc.lock (git add dvc.lock && git commit) so that a clone can pull by it"
@@ -83,6 +85,7 @@ pull: $(STAMP)           ## every output dvc.lock records, from the DVC remote; 
 	@test -f dvc.lock || { echo "no dvc.lock: check out the commit that shared the run (make push)"; exit 2; }
 	dvc pull
 	snakemake --touch --cores 1 --configfile configs/$(EXPERIMENT).yaml --quiet all
+	python -m pipeline report --experiment $(EXPERIMENT) --from-build   # the pulled build into report.dir
 
 pull-teachers: $(STAMP)  ## only the prepared data and the dense teachers; a run then starts at pruning
 	@test -f dvc.lock || { echo "no dvc.lock: check out the commit that shared the run (make push)"; exit 2; }

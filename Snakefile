@@ -15,15 +15,18 @@
 configfile: "params.yaml"
 report: "docs/report/workflow.rst"          # snakemake --report: the description on the report's first page
 
-from pipeline.config import CHAIN_METHODS, METHOD_PARAMS, METHODS, check_snakemake   # torch-free: fast no-op reruns
-from pipeline import resources as R                     # threads, mem_mb, runtime, gpu per rule (torch-free)
+from pipeline.config import CHAIN_METHODS, METHOD_PARAMS, METHODS, report_build   # torch-free: fast no-op reruns
+from pipeline import preflight, resources as R          # threads, mem_mb, runtime, gpu per rule (torch-free)
 
-# The whole config is checked before any job starts, as `python -m pipeline` checks it (the experiment's
-# name included), and must be what the jobs will load with --experiment.
-CFG = check_snakemake(config, workflow.configfiles)
+# The whole config is checked before any job starts, as `python -m pipeline validate` checks it (the
+# experiment's name, report.dir and the tracking store included), and must be what the jobs will load with
+# --experiment. A refusal is one line naming the key, exit status 2.
+CFG = preflight.snakefile(config, workflow.configfiles)
 EXPERIMENT = CFG.name
 RUNS = f"runs/{EXPERIMENT}"
-REPORT = CFG.report.dir
+# The report job's outputs: the only report files Snakemake may delete. The job copies them into report.dir
+# (a folder a user may own, never an output here), by our manifest.
+REPORT = report_build(EXPERIMENT)
 G = CFG.grid
 DENSE = RUNS + "/dense/{dataset}/{arch}/seed{seed}"
 PRUNED = RUNS + "/prune/{dataset}/{arch}/seed{seed}/s{sparsity}"
@@ -244,7 +247,8 @@ rule spectral:
 
 
 rule report:
-    """runs/<name>/report/: summary.csv, spectral.csv and README.md with tables, plots and the claims' verdicts."""
+    """summary.csv, spectral.csv and README.md with tables, plots and the claims' verdicts, built in
+    runs/<name>/report_build/ with their manifest, then copied into report.dir (by default runs/<name>/report/)."""
     input:
         expand(DENSE + "/metrics.json", dataset=G.datasets, arch=G.archs, seed=G.seeds),
         expand(RETRAINED + "/metrics.json", dataset=G.datasets, arch=G.archs, seed=G.seeds,
@@ -260,6 +264,7 @@ rule report:
         metrics=f"{REPORT}/metrics.json",
         plots=report(directory(f"{REPORT}/figures"), patterns=["{name}.png"], category="Figures",
                      caption="docs/report/figures.rst"),
+        manifest=f"{REPORT}/.fourier-mbp-report.json",
     log:
         RUNS + "/logs/report.log",
     params:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import preflight
 from .config import ROOT, ConfigError, load
 from .errors import Busy, CorruptFile, Diverged, GraphsFailed, NoSpace, TrackingDown
 from .progress import drop_log, log_to, open_log
@@ -60,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
                    "also evaluates it after batch-norm recalibration and a random control mask")
     s.add_argument("--control-seed", type=int, default=None, help="with --mask: the random control mask's seed")
     s.add_argument("--tag", action="append", default=[], help="KEY=VALUE for MLflow and the tables")
-    stage("report", help="runs/<name>/report/: summary.csv, spectral.csv, README.md with tables, plots and claims")
+    s = stage("report", help="runs/<name>/report_build/ (the DAG's output): summary.csv, spectral.csv, README.md "
+                             "with tables, plots and claims; then a copy into report.dir (default runs/<name>/report/)")
+    s.add_argument("--from-build", action="store_true",
+                   help="compute nothing: place the finished runs/<name>/report_build/ into report.dir (make pull)")
     stage("publish", help="copy the finished report from runs/<name>/report/ to the committed results/<name>/")
     stage("export_dvc", help="print dvc.yaml derived from the Snakefile's jobs for this experiment; "
                              "write the merged config its params read to dvc.params.yaml")
@@ -81,6 +85,7 @@ def main(argv=None) -> int:
         kw = {k: v for k, v in vars(args).items()
               if k not in ("stage", "experiment", "threads", "throughput", "log")}
         if args.stage == "validate":
+            preflight.check(cfg, probe=True)        # report.dir and the tracking store, as every run checks them
             print(f"ok: experiment {cfg.name}")
             return 0
         if args.stage == "publish":
@@ -101,11 +106,10 @@ def main(argv=None) -> int:
                 raise CorruptFile(f"--throughput {path}: {e}") from None
             sys.stdout.write(plan(cfg, args.experiment, measured))
             return 0
-        from .tracking import check_uri
-        check_uri(cfg, probe=True)                  # before any compute: every job records itself there
+        preflight.check(cfg, probe=True)            # before any compute: report.dir, and the store every job logs to
         if args.stage == "report":
-            from .report import report
-            report(cfg)
+            from .report import place_build, report
+            place_build(cfg) if args.from_build else report(cfg)
             return 0
         from . import stages
         from .train import set_threads

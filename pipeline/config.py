@@ -497,10 +497,12 @@ def _check(c: Config) -> None:
     _need(0 <= c.report.chance_margin < 100, "report.chance_margin", c.report.chance_margin,
           "in [0, 100) (percentage points above chance)")
     _check_claims(c)
-    if c.report.dir is not None:            # publish.check_target also refuses folders of tracked files, at run time
-        d = resolve_path(c.report.dir).resolve()
-        _need(not ROOT.resolve().is_relative_to(d) and d != (ROOT / "runs").resolve(), "report.dir", c.report.dir,
-              "a folder of its own for the report (not the project root, a folder above it, or runs/ itself)")
+    if c.report.dir is not None:            # publish.check_target also refuses folders of tracked files (preflight)
+        d, build = resolve_path(c.report.dir).resolve(), (ROOT / report_build(c.name)).resolve()
+        _need(not ROOT.resolve().is_relative_to(d) and d != (ROOT / "runs").resolve()
+              and not d.is_relative_to(build) and not build.is_relative_to(d), "report.dir", c.report.dir,
+              "a folder of its own for the report (not the project root, a folder above it, runs/ itself, or "
+              f"{report_build(c.name)}/, the orchestrator's copy, or a folder holding it)")
     r = c.runtime
     _need(r.device in ("auto", "cpu", "cuda"), "runtime.device", r.device, "auto, cpu or cuda")
     _need(r.amp in ("auto", "bf16", "off"), "runtime.amp", r.amp, "auto, bf16 or off")
@@ -562,6 +564,16 @@ def lookup(d: dict, dotted: str):
 def full_band_radius(size: int) -> float:
     """The radius (in frequency bins from the centre) that covers the whole centred spectrum, corners included."""
     return math.hypot(size // 2, size // 2)
+
+
+REPORT_BUILD = "report_build"
+
+
+def report_build(name: str) -> str:
+    """runs/<name>/report_build/: the report job's declared outputs, the only report files Snakemake and DVC own
+    (they delete them before the job runs and after it fails). The job then places a copy into report.dir by
+    our manifest (publish.place), so report.dir, which a user may own, is never an orchestrator's output."""
+    return f"runs/{name}/{REPORT_BUILD}"
 
 
 def resolve_path(p: str) -> Path:

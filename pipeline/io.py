@@ -18,10 +18,9 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
-
-import torch
 
 from .errors import Busy, CorruptFile, NoSpace  # noqa: F401 - re-exported: io.CorruptFile is what stages raise
 from .progress import open_log
@@ -95,9 +94,16 @@ def _free(folder: Path) -> int:
         return 0
 
 
+def _is_tensor(obj) -> bool:
+    """torch is imported only where a job needs it: no tensor exists before it is, so the JSON half of this
+    module (report manifests, metrics) serves the torch-free Snakefile too."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
 def _nbytes(obj) -> int:
     """About the size of `obj` saved: its tensors' bytes (the rest is small)."""
-    if isinstance(obj, torch.Tensor):
+    if _is_tensor(obj):
         return obj.numel() * obj.element_size()
     if isinstance(obj, dict):
         return sum(_nbytes(v) for v in obj.values()) + 64 * len(obj)
@@ -115,7 +121,8 @@ def content_sha256(obj) -> str:
 
 
 def _feed(h, obj) -> None:
-    if isinstance(obj, torch.Tensor):
+    if _is_tensor(obj):
+        import torch
         t = obj.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"T{t.dtype}{tuple(obj.shape)}:".encode())
         # the array's buffer itself, not a bytes copy of it (a prepared CIFAR file would double its peak)
@@ -138,6 +145,7 @@ def save(obj: dict, path) -> str:
     the checksum."""
     obj = {k: v for k, v in obj.items() if k != CHECKSUM}
     obj[CHECKSUM] = content_sha256(obj)
+    import torch
     _atomic(path, lambda f: torch.save(obj, f), _nbytes(obj) + 1024)
     return obj[CHECKSUM]
 
@@ -289,6 +297,7 @@ def load(path, kind: str, keys=(), expect: dict | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CorruptFile(f"{path}: {kind} file is missing")
+    import torch
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user

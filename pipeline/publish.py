@@ -72,7 +72,8 @@ def _inside(rel: str) -> bool:
 
 
 def check_target(target, tracked_ok: bool = False) -> Path:
-    """report.dir, refused (ConfigError naming it) unless a report may be written there."""
+    """report.dir, resolved (symlinks followed, `..` collapsed) and refused (ConfigError naming it) unless a
+    report may be written there: every judgement below, and every write after it, is on the real folder."""
     target = Path(target)
     real = target.resolve()
     why = None
@@ -92,9 +93,10 @@ def check_target(target, tracked_ok: bool = False) -> Path:
                 why += (" (or by a version before manifests: if it holds nothing of yours, delete it, "
                         f"rm -r {real}, and rerun)")
     if why:
-        raise ConfigError(f"report.dir = {str(target)!r}: refused, {why}. A report replaces and deletes files "
+        real_text = "" if real == target.absolute() else f" (that is {real})"     # a symlink or `..` resolved
+        raise ConfigError(f"report.dir = {str(target)!r}{real_text}: refused, {why}. A report replaces and deletes files "
                           f"in its folder: name an empty or new folder (the default is runs/<name>/report)")
-    return target
+    return real
 
 
 class Staged:
@@ -133,6 +135,22 @@ class Staged:
         else:
             shutil.rmtree(self.folder, ignore_errors=True)
         return False
+
+
+def place(build: Path, target) -> Path:
+    """Copy a finished report build (runs/<name>/report_build/, the orchestrator's output, listed by its own
+    manifest) into report.dir by the rules of `Staged`: only our files there are replaced or removed, and only
+    once every file is copied. Snakemake and DVC delete the build, never report.dir: a user's files and the
+    previous report survive a failed or forced report job."""
+    files = owned(build)
+    if files is None:
+        raise io.CorruptFile(f"{build}: no {OURS}: not a finished report build; rerun the report "
+                             f"(snakemake --forcerun report)")
+    with Staged(target) as folder:
+        for f in files:
+            (folder / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(build / f, folder / f)
+    return Path(target)
 
 
 def _publish(folder: Path, target: Path) -> None:

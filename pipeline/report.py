@@ -1,19 +1,21 @@
-"""The report stage: results/summary.csv, results/spectral.csv, results/metrics.json (for `dvc metrics`),
-figures, and results/README.md with the tables (mean and spread over seeds), the paired comparisons, and a
-"Claims" section whose verdicts are worded from the numbers.
+"""The report stage: summary.csv, spectral.csv, metrics.json (for `dvc metrics`), figures, and README.md with
+the tables (mean and spread over seeds), the paired comparisons, and a "Claims" section whose verdicts are
+worded from the numbers. Built in runs/<name>/report_build/ (the DAG's output), then copied into report.dir
+(runs/<name>/report/ by default); results/<name>/ is written by `publish` alone.
 
 It reads only the jobs the current grid defines (stale outputs from an older grid are ignored).
 """
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from . import claims, cost, figures, io, publish
-from .config import ROOT, Config, resolve_path
+from .config import REPORT_BUILD, ROOT, Config, resolve_path
 from .catalog import CHAIN_METHODS, EQUAL_BUDGET
 from .signature_table import CONTROLS, MEASURES, SIGNATURE, measure, signature, signature_radii  # noqa: F401
 from .spectral import FULL
@@ -185,15 +187,28 @@ def _describe_data(cfg: Config) -> str:
     return "; ".join(out)
 
 
+def build_dir(cfg: Config) -> Path:
+    return _runs(cfg) / REPORT_BUILD            # config.report_build: the Snakefile's name for it
+
+
+def place_build(cfg: Config) -> Path:
+    """The finished build into report.dir (after `make pull`, which fetches the build, not report.dir)."""
+    return publish.place(build_dir(cfg), resolve_path(cfg.report.dir))
+
+
 def report(cfg: Config) -> None:
-    """Written into a temporary folder and published whole (publish.Staged: report.dir is checked first, and
-    only our own files in it are replaced or removed): a report that fails part-way leaves the previous one as
-    it was, never a mix of old and new files. The MLflow run is FINISHED only after the files are in place."""
-    staged = publish.Staged(resolve_path(cfg.report.dir))
-    out = staged.folder
+    """Built in a temporary folder beside runs/<name>/report_build/, which it replaces once every file is
+    written (the job's declared outputs, with their manifest), then copied into report.dir (publish.place:
+    checked before any compute, only our own files replaced or removed): a report that fails part-way leaves
+    the previous one as it was, never a mix of old and new files. The MLflow run is FINISHED only after the
+    files are in place."""
+    target = publish.check_target(resolve_path(cfg.report.dir))
+    build = build_dir(cfg)
+    out = build.with_name(build.name + ".tmp")
+    shutil.rmtree(out, ignore_errors=True)          # ours alone: a build a kill interrupted
     figs = out / "figures"
-    figs.mkdir(parents=True, exist_ok=True)
-    with Run(cfg, "report", {}, cfg.section("report", "grid")) as run, staged:
+    figs.mkdir(parents=True)
+    with Run(cfg, "report", {}, cfg.section("report", "grid")) as run:
         summary, spec = collect(cfg)
         summary = summary.sort_values(["dataset", "arch", "sparsity", "method", "seed"])
         io.write_text(out / "summary.csv", summary.to_csv(index=False))
@@ -283,3 +298,8 @@ def report(cfg: Config) -> None:
             run.log_artifact(f)
         for f in sorted(figs.glob("*.png")):
             run.log_artifact(f, "figures")
+        io.write_json(out / publish.OURS, {"files": sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                                                           if p.is_file())})
+        shutil.rmtree(build, ignore_errors=True)
+        out.rename(build)
+        publish.place(build, target)

@@ -19,6 +19,7 @@ import fcntl
 import os
 import socket
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,10 +59,14 @@ def check_uri(cfg: Config, probe: bool = False) -> str:
     uri = tracking_uri(cfg)
     source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
     if uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
-        if not folder.is_dir():
-            raise ConfigError(f"{source} = {uri!r}: the folder of this SQLite store, {folder}, does not exist "
+        db = Path(uri[len("sqlite:///"):]).resolve()
+        if not db.parent.is_dir():
+            raise ConfigError(f"{source} = {uri!r}: the folder of this SQLite store, {db.parent}, does not exist "
                               f"(create it, or fix the URI)")
+        for path, keep in ((db, False), (_lock_path(f"sqlite:///{db}"), True)):   # every job writes both
+            if why := _unwritable(path, keep):
+                raise ConfigError(f"{source} = {uri!r}: {path} cannot be written ({why}); name a store in a "
+                                  f"writable folder. Nothing was computed")
     elif probe and uri.startswith(("http://", "https://")):
         import urllib.request
         try:
@@ -108,6 +113,22 @@ def _lock_path(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///"):] + ".lock")
     return ROOT / ".mlflow.lock"
+
+
+def _unwritable(path: Path, keep: bool) -> str | None:
+    """Why a file cannot be written at `path` (None: it can). An existing file is opened for appending (nothing
+    changes). A missing one is created (`keep`: the lock file, which every job creates and leaves anyway) or a
+    uniquely named file beside it is created and removed (the store: MLflow creates it itself)."""
+    try:
+        if path.exists() or keep:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        else:
+            fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.probe-")
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
 
 
 def _alive(pid: str | None) -> bool:
