@@ -229,11 +229,13 @@ def path_rows(bench: Bench, sz: Sizes, deadline: float, quick: bool) -> list[Row
             rows.append(Row(name, None, f"> 1 to enable ({info}.compile)", None,
                             f"failed: {type(e).__name__}: {e}"))
 
-    name = "speedup: bf16 autocast on / off (CUDA)"
-    if rt.device.type != "cuda":
-        rows.append(Row(name, None, f"> 1 ({info}.amp)", None, "skipped: no CUDA device"))
-    else:
-        rows.append(toggle(name, "amp", f"> 1 ({info}.amp)", on="bf16", off="fp32"))
+    # On the CPU: bf16 is native (AVX512-BF16/AMX) or emulated; `auto` picks it only where native, and this
+    # row shows what either choice costs here. channels_last as `auto` resolves it on this machine.
+    native = rt.device.type == "cuda" or T.cpu_bf16_native()
+    name = f"speedup: bf16 autocast on / off ({rt.device.type}, native bf16: {'yes' if native else 'no'})"
+    row = toggle(name, "amp", f"> 1 where native ({info}.amp: auto = {'bf16' if native else 'fp32'})",
+                 on="bf16", off="fp32")
+    rows.append(row)
     return rows
 
 

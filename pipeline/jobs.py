@@ -29,10 +29,13 @@ def checkpoint(cfg: Config, stage: str, key: str) -> Path:
     return Path(os.environ.get("PIPELINE_RUNS", ROOT / "runs")) / cfg.name / "checkpoints" / f"{stage}-{key}.pt"
 
 
-def hardware() -> str:
-    """The device a job ran on, and the torch and CUDA versions it ran with (metrics.json, the report's
-    Hardware line): pyproject allows a range of torch versions, so a result says which one made it."""
+def hardware(rt=None) -> str:
+    """The device a job ran on, its numeric path when it trained (`rt`: bf16 or fp32, memory format), and the
+    torch and CUDA versions it ran with (metrics.json, the report's Hardware line): pyproject allows a range
+    of torch versions, so a result says which one made it."""
     versions = f"torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}"
+    if rt is not None:
+        versions = f"{rt.describe()}; {versions}"
     if torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name()}; {versions}"
     name = platform.machine()
@@ -128,6 +131,8 @@ def run_training(cfg, stage, recipe, net, data, rt, seed, key, run: Run, cell: s
 
     def fell_back(reason):            # the captured step failed: the job went on eagerly (captured.py)
         run.set_tags({"cuda_graphs": "fallback", "cuda_graphs_reason": reason[:500]})
+    run.set_tags({"precision": "bf16" if rt.amp else "fp32", "memory_format": "channels_last" if rt.channels_last
+                  else "nchw"})
     if rt.graphs:
         run.set_tags({"cuda_graphs": "on"})
     out = T.run(recipe, net, data, rt, seed, ckpt, key, log=log, run_id=run.run_id, on_fallback=fell_back,
@@ -154,7 +159,7 @@ def finish(cfg, run, res, dd, rt, out, arch, ckpt, secs, key, extra_files=None, 
                                      T.predict(agreement_with, dd, dd.test_x, rt)).float().mean().item()
     cost = C.count(net, res["masks"], tuple(dd.test_x.shape[1:]))    # MACs for one image (cost.py)
     metrics.update(C.metrics(cost))
-    metrics["hardware"] = hardware()
+    metrics["hardware"] = hardware(rt)
     metrics["experiment"] = cfg.name
     for name, obj in (extra_files or {}).items():
         io.save(obj, sibling(out, name))

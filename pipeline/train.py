@@ -36,6 +36,18 @@ class Runtime:
     graphs_strict: bool = False   # runtime.cuda_graphs: true: a failed capture stops the job (auto: eager steps)
 
 
+    def describe(self) -> str:
+        """The numeric path, for the Hardware line and MLflow: e.g. 'bf16 autocast, channels_last'."""
+        return f"{'bf16 autocast' if self.amp else 'fp32'}, {'channels_last' if self.channels_last else 'NCHW'}"
+
+
+def cpu_bf16_native() -> bool:
+    """The CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles: recent Xeon and EPYC). Elsewhere torch
+    emulates bf16 on the CPU, slower than fp32, so `auto` keeps fp32 there."""
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def set_threads(n: int) -> None:
     """CPU threads of this process: a job's share (--threads from its scheduler), 0 = every core."""
     torch.set_num_threads(n or os.cpu_count() or 1)
@@ -54,9 +66,12 @@ def runtime(cfg) -> Runtime:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic, warn_only=cuda)
     torch.backends.cudnn.benchmark = cuda and not deterministic
+    # auto: bf16 autocast and channels_last where the hardware does them natively (CUDA, a CPU with native
+    # bf16: benchmarks/README.md measures both); fp32 NCHW elsewhere. Evaluation stays fp32 on the CPU (predict).
+    native = cuda or (r.device != "cuda" and cpu_bf16_native())
     return Runtime(device=torch.device("cuda" if cuda else "cpu"),
-                   amp=(r.amp == "bf16") or (r.amp == "auto" and cuda),
-                   channels_last=(r.channels_last == "on") or (r.channels_last == "auto" and cuda),
+                   amp=(r.amp == "bf16") or (r.amp == "auto" and native),
+                   channels_last=(r.channels_last == "on") or (r.channels_last == "auto" and native),
                    compile=r.compile,
                    graphs=cuda and not r.compile and r.cuda_graphs in ("auto", True),
                    graphs_strict=r.cuda_graphs is True)
@@ -127,7 +142,8 @@ def predict(model: nn.Module, data: Data, x_uint8_or_float: torch.Tensor, rt: Ru
         x = data.normalize(x.to(rt.device))
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp):
+        # bf16 trains the model; on the CPU the accuracy it is judged by is computed in fp32
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.amp and rt.device.type == "cuda"):
             out.append(model(x).argmax(1))
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=rt.device)
 

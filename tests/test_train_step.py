@@ -2,6 +2,7 @@
 very batches that drawing per step gave, so the CPU path, its checkpoints and its resume stay bit-identical."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -79,3 +80,61 @@ def test_deterministic_auto_is_on_for_the_cpu_and_off_for_cuda(monkeypatch):
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det)
+
+
+# ------------------------------------------------------------------- the CPU's numeric path (issue 27)
+
+
+def _rt(monkeypatch, native: bool, amp="auto", channels_last="auto", cuda=False):
+    from pipeline import config as C
+    cfg = C.load(None)                                   # the paper's runtime section: auto, auto
+    cfg.runtime.amp, cfg.runtime.channels_last = amp, channels_last
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(T, "cpu_bf16_native", lambda: native)
+    det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    try:
+        return T.runtime(cfg)
+    finally:
+        torch.use_deterministic_algorithms(det)
+        torch.set_num_threads(threads)
+
+
+def test_auto_precision_is_bf16_channels_last_only_where_the_hardware_has_it(monkeypatch):
+    native = _rt(monkeypatch, native=True)
+    assert (native.amp, native.channels_last, native.describe()) == (True, True, "bf16 autocast, channels_last")
+    emulated = _rt(monkeypatch, native=False)
+    assert (emulated.amp, emulated.channels_last, emulated.describe()) == (False, False, "fp32, NCHW")
+    cuda = _rt(monkeypatch, native=False, cuda=True)
+    assert (cuda.amp, cuda.channels_last) == (True, True)
+    # the overrides win either way
+    assert _rt(monkeypatch, native=True, amp="off", channels_last="off").describe() == "fp32, NCHW"
+    assert _rt(monkeypatch, native=False, amp="bf16", channels_last="on").describe() == "bf16 autocast, channels_last"
+
+
+@pytest.mark.parametrize("avx512_bf16,amx,expected", [(False, False, False), (True, False, True), (False, True, True)])
+def test_native_bf16_is_read_from_the_cpus_capabilities(avx512_bf16, amx, expected, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert T.cpu_bf16_native() is expected
+
+
+def test_bf16_training_on_the_cpu_reruns_bit_identical_and_evaluates_in_fp32(tmp_path):
+    from pipeline import data as D, models
+    tx, ty = D.synthetic(4, 96, seed=1)
+    data = T.Data({"train_x": tx[:64], "train_y": ty[:64], "val_x": tx[64:], "val_y": ty[64:], "test_x": tx[64:],
+                   "test_y": ty[64:], "classes": list("abcd")}, "cpu")
+    rt = T.Runtime(torch.device("cpu"), amp=True, channels_last=True, compile=False)
+    det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [T.run(T.Recipe([T.Round(2, 0.05, [], 0.1)], batch_size=16),
+                      models.build("resnet20", classes=4, width=0.25, seed=0), data, rt, 0, tmp_path / f"{i}.pt", "k")
+                for i in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(det)
+    a, b = (r["model"].state_dict() for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    fp32 = T.Runtime(torch.device("cpu"), amp=False, channels_last=True, compile=False)
+    model = runs[0]["model"]
+    assert torch.equal(T.predict(model, data, data.test_x, rt), T.predict(model, data, data.test_x, fp32))
