@@ -43,7 +43,7 @@ def section(*keys):
 ruleorder: spectral_pruned > spectral
 
 wildcard_constraints:
-    dataset="[A-Za-z0-9_]+", arch="[a-z0-9_]+", seed=r"\d+", sparsity=r"0\.\d+", method="[a-z_]+"
+    dataset="[A-Za-z0-9_]+", arch="[a-z0-9_]+", seed=r"\d+", sparsity=r"0\.\d+", method="[a-z][a-z0-9_]*"
 
 
 rule all:

@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
         return s
 
     stage("validate", help="check params.yaml and the experiment, then exit")
+    stage("methods", help="the catalogue: every method, built in or added by the experiment's methods.extra, "
+                          "with its family, role, budget, step and source")
     stage("prepare", "--dataset", "--out", help="one dataset into a checksummed train/val/test file")
     stage("train_dense", "--dataset", "--arch", "--seed", "--data", "--out", help="the dense network (teacher)")
     stage("prune", "--dataset", "--arch", "--seed", "--sparsity", "--dense", "--out",
@@ -87,6 +89,10 @@ def main(argv=None) -> int:
         if args.stage == "validate":
             preflight.check(cfg, probe=True)        # report.dir and the tracking store, as every run checks them
             print(f"ok: experiment {cfg.name}")
+            return 0
+        if args.stage == "methods":
+            from .catalog import catalogue_table
+            sys.stdout.write(catalogue_table(cfg.grid.methods))
             return 0
         if args.stage == "publish":
             from .publish import publish

@@ -7,6 +7,7 @@ import functools
 import math
 import os
 
+from .catalog import CATALOG
 from .config import Config, resolve_path
 
 CIFAR_SIZES = (50_000, 10_000)      # torchvision's CIFAR-10 and CIFAR-100: training, test images
@@ -61,18 +62,13 @@ def chain_rounds(levels: list[float], rate: float) -> dict[float, int]:
     return {lv: i + 1 for i, (_, lv) in enumerate(t) if lv is not None}
 
 
-# The kind of training step each method runs; its measured img/s prices its epochs. fourier_kd and its
-# curriculum controls (anti, shuffled: the same radii in another order, so the same number of filtered epochs;
-# reverse) run the two-student-pass step ("fourier_kd": filter + teacher + 2 student passes) until the full
-# band and the plain kd step after (with distill.filtered = teacher the student runs once: the kd step plus an
-# FFT, 0.2% of a step, benchmarks/README.md). freq_ce makes the same two student passes without the teacher's
-# forward pass: priced as the fourier_kd step, an upper bound (no step of its own is measured). gmp trains with
-# a mask from its first pruning epoch on.
-CURRICULA = ("fourier_kd", "fourier_kd_anti", "fourier_kd_shuffled", "fourier_kd_reverse", "freq_ce")
-STEP = {"dense": "dense", "finetune": "masked", "finetune_layerwise": "masked", "random": "masked",
-        "kd": "kd", **{m: "fourier_kd" for m in CURRICULA},
-        "imp": "masked", "lth": "masked", "lth_init": "masked", "lrr": "masked", "lr_rewind": "masked",
-        "reinit": "masked", "gmp": "masked"}
+# The kind of training step each method runs is its catalogue record's `step`; its measured img/s prices the
+# method's epochs. The methods of the fourier_kd step (fourier_kd and its curriculum controls anti, shuffled,
+# reverse: the same number of filtered epochs; freq_ce) run the two-student-pass step (filter + teacher + 2
+# student passes) until the full band and the plain kd step after (with distill.filtered = teacher the student
+# runs once: the kd step plus an FFT, 0.2% of a step, benchmarks/README.md). freq_ce makes the same two student
+# passes without the teacher's forward pass: priced as the fourier_kd step, an upper bound (no step of its own
+# is measured). gmp trains with a mask from its first pruning epoch on.
 
 
 def method_epochs(cfg: Config, method: str, levels: list[float] | None = None) -> list[tuple[str, int]]:
@@ -81,7 +77,10 @@ def method_epochs(cfg: Config, method: str, levels: list[float] | None = None) -
     what `retrain --method imp` at that sparsity runs)."""
     c = cfg
     one_shot = c.retrain.epochs
-    if method in CURRICULA:
+    m = CATALOG.get(method)
+    if m is None:
+        raise KeyError(f"method {method!r} is not in the catalogue (pipeline/catalog.py, or methods.extra)")
+    if m.step == "fourier_kd":
         filtered = min(one_shot, math.ceil(round(c.distill.full_band_at * one_shot, 9)))
         full = "masked" if method == "freq_ce" else "kd"          # freq_ce at the full band: one CE pass
         if method != "freq_ce" and c.distill.filtered == "teacher":
@@ -90,14 +89,12 @@ def method_epochs(cfg: Config, method: str, levels: list[float] | None = None) -
 
     def rounds(rate):
         return len(chain_targets(levels or [max(c.grid.sparsities)], rate))
-    per = {"imp": lambda: rounds(c.imp.rate) * c.imp.epochs_per_round,
-           "lth": lambda: rounds(c.lth.rate) * (c.train.epochs - c.lth.rewind_epoch),
-           "lth_init": lambda: rounds(c.lth.rate) * c.train.epochs,
-           "lrr": lambda: rounds(c.lrr.rate) * c.train.epochs,
-           "lr_rewind": lambda: c.train.epochs, "reinit": lambda: c.train.epochs, "gmp": lambda: c.train.epochs}
-    if method not in STEP:
-        raise KeyError(f"method {method!r} has no cost model (add it to pipeline/budget.py STEP)")
-    return [(STEP[method], per[method]() if method in per else one_shot)]
+    chains = {"imp": lambda: rounds(c.imp.rate) * c.imp.epochs_per_round,      # rounds x each round's epochs
+              "lth": lambda: rounds(c.lth.rate) * (c.train.epochs - c.lth.rewind_epoch),
+              "lth_init": lambda: rounds(c.lth.rate) * c.train.epochs,
+              "lrr": lambda: rounds(c.lrr.rate) * c.train.epochs}
+    epochs = {"retrain": lambda: one_shot, "dense": lambda: c.train.epochs}
+    return [(m.step, chains[method]() if m.budget == "chain" else epochs[m.budget]())]
 
 
 def total_epochs(cfg: Config, method: str, levels: list[float] | None = None) -> int:

@@ -13,10 +13,20 @@ parsing it stays fast), the report's groups and claims, and the cost model.
   "dense" (the dense schedule, train.epochs), "chain" (rounds of retraining, one chain serves every sparsity).
 - params: the config sections (or exact keys) the method reads; the Snakefile passes exactly these to its
   rule, so Snakemake and DVC rerun a method only when what it depends on changed.
+- step: the kind of training step it runs (budget.py prices its epochs by that step's measured speed).
+
+A method from outside pipeline/ (README: Adding a method): a module named in the experiment's
+`methods.extra` holds `METHODS = (Method(...), ...)`, each with `recipe` (a function ctx -> train.Recipe, as
+pipeline/methods/ writes them) and its own typed `options` (name -> default; set in `methods.options`).
+`extend` imports it and adds its records here, checked like the built-in ones. The module's top level must
+stay torch-free (import torch inside the recipe): the Snakefile reads this table.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import re
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -29,11 +39,19 @@ class Method:
     paper: str
     chain: bool = False       # one chain per dense network serves every sparsity (pipeline/chains.py)
     teacher: bool = False     # reads the dense network as a teacher
+    step: str = "masked"      # dense | masked | kd | fourier_kd: the training step its epochs run
+    color: str | None = None  # its colour in every figure and in MLflow (built-ins: colors.py)
+    recipe: Callable | None = None   # an added method's recipe, ctx -> Recipe (built-ins: pipeline/methods/)
+    options: dict = field(default_factory=dict)   # an added method's own parameters: name -> default (its type)
+    source: str = "built-in"  # the module that declared it
 
 
 FAMILIES = ("one-shot", "iterative", "distillation")
 ROLES = ("proposed", "baseline", "control")
 BUDGETS = ("retrain", "dense", "chain")
+STEPS = ("dense", "masked", "kd", "fourier_kd")
+OPTION_TYPES = (bool, int, float, str)
+NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 _COMMON = ("retrain", "train", "model", "prune", "runtime")
 _CURRICULUM = ("distill.radius_start", "distill.full_band_at", "distill.schedule", "distill.steps", "distill.filter")
@@ -46,21 +64,23 @@ CATALOG = {m.name: m for m in (
     Method("random", "one-shot", "baseline", "retrain", _COMMON,
            "Random mask with MBP's per-layer counts (Liu et al. 2019; Frankle et al. 2021): the floor"),
     Method("kd", "distillation", "baseline", "retrain", _COMMON + ("distill.T", "distill.alpha"),
-           "Hinton et al. 2015: distillation from the dense teacher, no frequency curriculum", teacher=True),
+           "Hinton et al. 2015: distillation from the dense teacher, no frequency curriculum", teacher=True,
+           step="kd"),
     Method("fourier_kd", "distillation", "proposed", "retrain", _COMMON + ("distill",),
-           "Shang et al. 2022: distillation on low-passed inputs, radius growing from low to high", teacher=True),
+           "Shang et al. 2022: distillation on low-passed inputs, radius growing from low to high", teacher=True,
+           step="fourier_kd"),
     Method("fourier_kd_anti", "distillation", "control", "retrain", _COMMON + ("distill",),
            "Control: fourier_kd's low-pass radii in reverse order (full band first, ending at radius_start)",
-           teacher=True),
+           teacher=True, step="fourier_kd"),
     Method("fourier_kd_shuffled", "distillation", "control", "retrain", _COMMON + ("distill",),
            "Control: fourier_kd's low-pass radii, one per epoch, in a random order seeded by the model's seed",
-           teacher=True),
+           teacher=True, step="fourier_kd"),
     Method("fourier_kd_reverse", "distillation", "control", "retrain", _COMMON + ("distill",),
            "Control: high-pass inputs, from high to low frequencies (changes the order AND removes information: "
-           "its first radius leaves the teacher near chance)", teacher=True),
+           "its first radius leaves the teacher near chance)", teacher=True, step="fourier_kd"),
     Method("freq_ce", "distillation", "control", "retrain", _COMMON + _CURRICULUM + ("distill.alpha",),
            "Control: fourier_kd's two-term loss with the teacher's term replaced by cross-entropy on the filtered "
-           "batch (no teacher)"),
+           "batch (no teacher)", step="fourier_kd"),
     Method("imp", "iterative", "baseline", "chain", _COMMON + ("imp",),
            "Han et al. 2015: iterative magnitude pruning with fine-tuning", chain=True),
     Method("lth", "iterative", "baseline", "chain", _COMMON + ("lth",),
@@ -77,12 +97,91 @@ CATALOG = {m.name: m for m in (
            "Zhu & Gupta 2017: gradual magnitude pruning during training from scratch, each layer to s_t"),
 )}
 
-for _m in CATALOG.values():       # a typo here would silently change a group or a claim
-    assert _m.family in FAMILIES and _m.role in ROLES and _m.budget in BUDGETS, _m
-    assert _m.chain == (_m.budget == "chain"), _m
 
-METHODS = tuple(CATALOG)
-METHOD_PARAMS = {m.name: m.params for m in CATALOG.values()}
-CHAIN_METHODS = tuple(m.name for m in CATALOG.values() if m.chain)
-NEEDS_TEACHER = tuple(m.name for m in CATALOG.values() if m.teacher)
-EQUAL_BUDGET = tuple(m.name for m in CATALOG.values() if m.budget == "retrain")
+def _check(m: Method) -> None:
+    """A record as the rest of the suite needs it (a typo would silently change a group, a claim or a cost)."""
+    where = f"{m.source}: method {m.name!r}" if m.source != "built-in" else f"method {m.name!r}"
+    for key, value, allowed in (("family", m.family, FAMILIES), ("role", m.role, ROLES),
+                                ("budget", m.budget, BUDGETS), ("step", m.step, STEPS)):
+        if value not in allowed:
+            raise ValueError(f"{where}: {key} = {value!r}: must be one of {', '.join(allowed)}")
+    if m.chain != (m.budget == "chain"):
+        raise ValueError(f"{where}: chain = {m.chain!r} with budget {m.budget!r}: a chain method has budget chain")
+    if m.source == "built-in":
+        return
+    if not NAME.fullmatch(m.name):
+        raise ValueError(f"{where}: name: must be lower-case letters, digits and _, starting with a letter")
+    if m.chain:
+        raise ValueError(f"{where}: budget = 'chain': an added method is one-shot or dense-schedule (one job per "
+                         "sparsity); a chain of levels is the built-in chains' (pipeline/chains.py)")
+    if not callable(m.recipe):
+        raise ValueError(f"{where}: recipe = {m.recipe!r}: must be a function ctx -> train.Recipe")
+    if not isinstance(m.params, tuple) or not all(isinstance(p, str) for p in m.params):
+        raise ValueError(f"{where}: params = {m.params!r}: must be a tuple of config sections or keys")
+    if not isinstance(m.paper, str) or not m.paper.strip():
+        raise ValueError(f"{where}: paper: must name its source (a citation)")
+    if m.color is not None and not re.fullmatch(r"#[0-9a-fA-F]{6}", str(m.color)):
+        raise ValueError(f"{where}: color = {m.color!r}: must be a hex colour like '#bcbd22'")
+    for k, v in m.options.items():
+        if not NAME.fullmatch(str(k)) or type(v) not in OPTION_TYPES:
+            raise ValueError(f"{where}: options.{k} = {v!r}: an option is a lower-case name with a default of "
+                             "type bool, int, float or str")
+
+
+def _refresh() -> None:
+    """The derived views, updated in place: modules that imported them see an added method too."""
+    METHODS[:] = list(CATALOG)
+    METHOD_PARAMS.clear()
+    METHOD_PARAMS.update({m.name: m.params + ((f"methods.options.{m.name}",) if m.options else ())
+                          for m in CATALOG.values()})
+    CHAIN_METHODS[:] = [m.name for m in CATALOG.values() if m.chain]
+    NEEDS_TEACHER[:] = [m.name for m in CATALOG.values() if m.teacher]
+    EQUAL_BUDGET[:] = [m.name for m in CATALOG.values() if m.budget == "retrain"]
+
+
+def extend(modules, roles: dict | None = None) -> list[str]:
+    """Import each module of `methods.extra` and add its METHODS; `roles` (methods.roles) may set an added
+    method's role for this experiment. Returns the names added. ValueError names the module and the key."""
+    added = []
+    for mod in modules:
+        try:
+            module = importlib.import_module(mod)
+        except Exception as e:  # noqa: BLE001 - whatever the module raised, the user needs its name and the error
+            raise ValueError(f"methods.extra: module {mod!r} failed to import: {type(e).__name__}: "
+                             f"{(str(e).splitlines() or [''])[0][:300]}") from None
+        records = getattr(module, "METHODS", None)
+        if not isinstance(records, (list, tuple)) or not records or not all(isinstance(r, Method) for r in records):
+            raise ValueError(f"methods.extra: module {mod!r} must define METHODS, a non-empty tuple of "
+                             "pipeline.catalog.Method records")
+        for r in records:
+            old = CATALOG.get(r.name)
+            if old is not None and old.source != mod:
+                raise ValueError(f"methods.extra: module {mod!r} declares method {r.name!r}, which "
+                                 f"{'is built in' if old.source == 'built-in' else 'module ' + repr(old.source) + ' declares'}"
+                                 ": choose another name")
+            rec = replace(r, source=mod, role=(roles or {}).get(r.name, r.role))
+            _check(rec)
+            CATALOG[r.name] = rec
+            added.append(r.name)
+    _refresh()
+    return added
+
+
+def catalogue_table(grid=()) -> str:
+    """`python -m pipeline methods`: one row per method (* = in this experiment's grid), as Markdown."""
+    rows = ["| method | in grid | family | role | budget | step | source | paper |", "|---|---|---|---|---|---|---|---|"]
+    for m in CATALOG.values():
+        rows.append(f"| {m.name} | {'*' if m.name in grid else ''} | {m.family} | {m.role} | {m.budget} | {m.step} | "
+                    f"{m.source} | {m.paper} |")
+    return "\n".join(rows) + "\n"
+
+
+for _m in CATALOG.values():
+    _check(_m)
+
+METHODS: list[str] = []
+METHOD_PARAMS: dict[str, tuple[str, ...]] = {}
+CHAIN_METHODS: list[str] = []
+NEEDS_TEACHER: list[str] = []
+EQUAL_BUDGET: list[str] = []
+_refresh()

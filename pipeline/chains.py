@@ -49,7 +49,7 @@ def chain(cfg: Config, dataset: str, arch: str, seed: int, method: str, data: st
         dd = T.Data(blob, rt.device)
         ctx = MT.Context(cfg, levels[-1], seed, dict(teacher.state_dict()), {}, snaps, levels=levels)
         net = models.build(arch, dd.classes, cfg.model.width, seed)
-        res, ckpt, _ = run_training(cfg, "chain", MT.METHODS[method](ctx), net, dd, rt, seed, key, run,
+        res, ckpt, _ = run_training(cfg, "chain", MT.recipe_for(method)(ctx), net, dd, rt, seed, key, run,
                               f"{dataset}/{arch} seed{seed} {method}")
         teacher = T.to_device(teacher, rt).eval()
         for s in levels:                       # each level: a model, its metrics and its MLflow run

@@ -1,7 +1,9 @@
 """One colour per method, the same in every figure, in the report and in the MLflow UI (tag mlflow.runColor).
 Hex strings (matplotlib's tab20 palette, tab20b where it ran out), so that tracking can use them without importing matplotlib. A method
-not listed here (added later) gets FALLBACK."""
+added from outside the suite brings its own colour in its catalogue record (or gets FALLBACK)."""
 from __future__ import annotations
+
+from .catalog import CATALOG
 
 COLORS = {  # the paper's method (red) and its controls in related shades; the teacher black
     "dense": "#000000", "pruned": "#7f7f7f",
@@ -19,4 +21,6 @@ FALLBACK = "#bcbd22"
 
 
 def color(method: str) -> str:
-    return COLORS.get(method, FALLBACK)
+    """A built-in method's colour here; an added method's from its catalogue record (else FALLBACK)."""
+    m = CATALOG.get(method)
+    return COLORS.get(method) or (m.color if m is not None and m.color else FALLBACK)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from pathlib import Path
 import yaml
 
 # The methods, the config sections each reads and which ones chain: pipeline/catalog.py (torch-free, as here).
-from .catalog import CHAIN_METHODS, METHOD_PARAMS, METHODS  # noqa: F401
+from . import catalog
+from .catalog import CATALOG, CHAIN_METHODS, METHOD_PARAMS, METHODS  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME_CHARS = re.compile(r"[A-Za-z0-9_-]+")      # an experiment's name: its file's stem in configs/
@@ -197,6 +199,14 @@ class ReportCfg:
 
 
 @dataclass
+class MethodsCfg:
+    """Methods added from outside pipeline/ (README: Adding a method)."""
+    extra: list[str] = field(default_factory=list)    # modules (importable, or from the project root) to add
+    roles: dict[str, str] = field(default_factory=dict)     # an added method's role here (proposed | baseline)
+    options: dict[str, dict] = field(default_factory=dict)  # an added method's own parameters, by method
+
+
+@dataclass
 class Config:
     name: str
     datasets: dict[str, DatasetCfg]
@@ -216,6 +226,7 @@ class Config:
     resources: ResourcesCfg
     tracking: TrackingCfg
     report: ReportCfg
+    methods: MethodsCfg = field(default_factory=MethodsCfg)
 
     def section(self, *keys: str) -> dict:
         """The named sections ("train", or dotted: "datasets.cifar10") as plain dicts: what a job depends on,
@@ -320,9 +331,59 @@ def _check_name(cfg: Config, p: Path) -> None:
                           f"(outputs, MLflow experiment and the Snakefile all use it)")
 
 
+def _added_methods(raw: dict) -> None:
+    """methods.extra's modules imported and their methods added to the catalogue, before anything reads it
+    (the project root is importable, as for `python -m pipeline` run there: examples/)."""
+    m = raw.get("methods") or {}
+    if not isinstance(m, dict):
+        return                                  # _build names the bad section
+    methods = _coerce(MethodsCfg, m, "methods")
+    if str(ROOT) not in map(str, sys.path):
+        sys.path.append(str(ROOT))
+    try:
+        added = catalog.extend(methods.extra, methods.roles)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for name, role in methods.roles.items():
+        _need(name in added, f"methods.roles.{name}", role, f"the role of a method methods.extra adds ({added})")
+
+
+def _check_options(c: Config) -> None:
+    """Each added method's options: known names, the default's type; filled in with the defaults."""
+    for name, given in c.methods.options.items():
+        m = CATALOG.get(name)
+        _need(m is not None and bool(m.options), f"methods.options.{name}", given,
+              f"the options of an added method that has some ({[k for k, v in CATALOG.items() if v.options]})")
+        for k, v in given.items():
+            _need(k in m.options, f"methods.options.{name}.{k}", v, f"one of {name}'s options {sorted(m.options)}")
+            tp = type(m.options[k])
+            c.methods.options[name][k] = _coerce(tp, v, f"methods.options.{name}.{k}")
+    for name, m in CATALOG.items():
+        if m.options:
+            c.methods.options[name] = {**m.options, **c.methods.options.get(name, {})}
+
+
+def _added_claims(c: Config) -> None:
+    """An added method in the grid is judged as the paper's method is, by the same rule, unless the experiment
+    declares its claims: a proposed one against every baseline of the grid, and the paper's method against an
+    added baseline. The paper's own claim (its intersection over the built-in baselines) stays as it is."""
+    declared = {(cl.method, cl.baseline) for cl in c.report.claims}
+    named = {cl.method for cl in c.report.claims} | {cl.baseline for cl in c.report.claims}
+    for m in c.grid.methods:
+        rec = CATALOG[m]
+        if rec.source == "built-in" or m in named:
+            continue
+        pairs = ([(m, b) for b in c.grid.methods if CATALOG[b].role == "baseline"] if rec.role == "proposed"
+                 else [("fourier_kd", m)] if rec.role == "baseline" and "fourier_kd" in c.grid.methods else [])
+        c.report.claims += [ClaimCfg(method=a, baseline=b) for a, b in pairs if (a, b) not in declared]
+
+
 def validate(raw: dict) -> Config:
+    _added_methods(raw)
     cfg = _build(Config, raw, "")
     _check(cfg)
+    _check_options(cfg)
+    _added_claims(cfg)
     if cfg.report.dir is None:
         cfg.report.dir = f"runs/{cfg.name}/report"
     return cfg

@@ -9,10 +9,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .colors import color  # noqa: E402
-from .config import METHODS  # noqa: E402
+from .config import CATALOG, METHODS  # noqa: E402
 from .spectral import FULL  # noqa: E402
 
-HEATMAP_METHODS = ("dense", "pruned", "finetune", "kd", "fourier_kd")
+HEATMAP_METHODS = ("dense", "pruned", "finetune", "kd", "fourier_kd")     # and every proposed method (heatmap_methods)
+
+
+def proposed(m: str) -> bool:
+    return m in CATALOG and CATALOG[m].role == "proposed"
+
+
+def heatmap_methods(grid_methods) -> tuple[str, ...]:
+    """The heat-map figure's methods: the teacher, the MBP topology, the nearest baselines, fourier_kd, and an
+    added proposed method of the grid (the one its reader compares)."""
+    return HEATMAP_METHODS + tuple(m for m in grid_methods if proposed(m) and m not in HEATMAP_METHODS)
 
 
 def _save(fig, path, dpi=110):
@@ -83,7 +93,7 @@ def bands(spec, ds, arch, s, path, filt):
         for m in df.method.unique():
             g = df[(df.method == m) & (df.band == band)].groupby("radius").acc.mean()
             ax.plot(g.index.astype(float), 100 * g.values, marker=".", label=m, color=color(m),
-                    lw=2.5 if m in ("dense", "fourier_kd") else 1)
+                    lw=2.5 if m == "dense" or proposed(m) else 1)
         ax.set(xlabel="radius (frequency bins)", title=f"{band}-pass test accuracy",
                ylabel="accuracy (%)" if band == "low" else None)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=7)

@@ -149,7 +149,7 @@ def _ci_text(r) -> str:
 def _heatmaps(cfg, ds, arch, s) -> dict:
     """method -> its Fourier heat map at sparsity s, mean over seeds (the methods the figure shows)."""
     runs, maps = _runs(cfg), {}
-    for m in figures.HEATMAP_METHODS:
+    for m in figures.heatmap_methods(cfg.grid.methods):
         if m not in ("dense", "pruned") and m not in cfg.grid.methods:
             continue
         arrays = []

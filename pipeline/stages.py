@@ -95,7 +95,7 @@ def retrain(cfg: Config, dataset: str, arch: str, seed: int, sparsity: float, me
         teacher = T.to_device(teacher, rt)          # frozen by the Context (methods/base.py) for distillation
         ctx = MT.Context(cfg, sparsity, seed, {k: v for k, v in teacher.state_dict().items()},
                          base_mask, snaps, teacher if method in MT.NEEDS_TEACHER else None, arch=arch)
-        recipe = MT.METHODS[method](ctx)
+        recipe = MT.recipe_for(method)(ctx)
         net = models.build(arch, dd.classes, cfg.model.width, seed)
         res, ckpt, secs = run_training(cfg, "retrain", recipe, net, dd, rt, seed, key, run,
                                  f"{dataset}/{arch} seed{seed} s{sparsity} {method}")

@@ -166,7 +166,7 @@ def project_copy(dest: Path) -> Path:
     for f in ("Snakefile", "params.yaml", "dvc.yaml", "dvc.params.yaml", "Makefile", "pyproject.toml", "constraints.txt",
               ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / f, dest / f)
-    for d in ("pipeline", "configs", "docs", "benchmarks", ".dvc"):
+    for d in ("pipeline", "configs", "docs", "benchmarks", "examples", ".dvc"):
         shutil.copytree(ROOT / d, dest / d, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp", "config.local"))
     return dest
 

@@ -149,7 +149,7 @@ def test_pruned_weights_are_zero_after_every_step(trained, method):
     assert log["violations"] == 0
 
 
-@pytest.mark.parametrize("method", MT.EQUAL_BUDGET + ("lr_rewind", "reinit"))
+@pytest.mark.parametrize("method", (*MT.EQUAL_BUDGET, "lr_rewind", "reinit"))
 def test_one_shot_methods_spend_their_budget(trained, method):
     res, _, _ = trained(method)
     expected = CFG.train.epochs if method in ("lr_rewind", "reinit") else CFG.retrain.epochs

@@ -27,7 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = yaml.safe_load((ROOT / "tests" / "mutants.yaml").read_text())
 KEYS = {"id", "why", "file", "search", "replace", "tests"}
-COPIED = ("pipeline", "tests", "configs", "params.yaml", "pyproject.toml")
+COPIED = ("pipeline", "tests", "configs", "examples", "params.yaml", "pyproject.toml")
 TIMEOUT = 300             # seconds for one mutant's tests (they take 5-40 s on 2 cores)
 
 
