@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import claims, cost, figures, io, publish
+from . import calibration, claims, cost, figures, io, publish
 from .config import REPORT_BUILD, ROOT, Config, resolve_path
 from .catalog import CHAIN_METHODS, EQUAL_BUDGET
 from .signature_table import CONTROLS, MEASURES, SIGNATURE, measure, signature, signature_radii  # noqa: F401
@@ -287,6 +287,7 @@ def report(cfg: Config) -> None:
                         "test_acc_mean": round(float(r["mean"]), 6), "seeds": int(r["count"]),
                         "macs": round(float(r["macs"])), "speedup": round(float(r["speedup"]), 4)}
         heat = spec.groupby(["dataset", "arch", "seed", "sparsity", "method"]).heatmap_seconds.first()
+        lines += calibration.section(summary, spec, cfg)
         lines += claims.section(summary, cfg, signatures)
         lines += ["## Cost", "", f"Fourier heat map: {heat.mean():.2f} s per model on average "
                   f"({cfg.spectral.heatmap_images} images, {hardware}).", "",
