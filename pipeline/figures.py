@@ -15,6 +15,9 @@ from .spectral import FULL  # noqa: E402
 HEATMAP_METHODS = ("dense", "pruned", "finetune", "kd", "fourier_kd")     # and every proposed method (heatmap_methods)
 
 
+FOCUS = ("dense", "pruned", "finetune", "kd")     # drawn in full in the band figure, with every proposed method
+
+
 def proposed(m: str) -> bool:
     return m in CATALOG and CATALOG[m].role == "proposed"
 
@@ -89,11 +92,16 @@ def bands(spec, ds, arch, s, path, filt):
     df = spec[(spec.dataset == ds) & (spec.arch == arch) & ((spec.sparsity == s) | (spec.method == "dense"))]
     df = df[df.radius != FULL]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True, layout="constrained")
+    # 16 methods and the signature's controls in one panel: the reader compares the proposed method with its
+    # nearest baselines and the teacher, so those are drawn in full (first in the legend), the rest faded
+    methods = sorted(df.method.unique(), key=lambda m: (m not in FOCUS and not proposed(m), m))
     for ax, band in zip(axes, ("low", "high")):
-        for m in df.method.unique():
+        for m in methods:
             g = df[(df.method == m) & (df.band == band)].groupby("radius").acc.mean()
-            ax.plot(g.index.astype(float), 100 * g.values, marker=".", label=m, color=color(m),
-                    lw=2.5 if m == "dense" or proposed(m) else 1)
+            focus = m in FOCUS or proposed(m)
+            ax.plot(g.index.astype(float), 100 * g.values, marker="." if focus else None, label=m, color=color(m),
+                    lw=2.5 if m == "dense" or proposed(m) else 1.5 if focus else 0.8, alpha=1 if focus else 0.3,
+                    zorder=3 if focus else 1)
         ax.set(xlabel="radius (frequency bins)", title=f"{band}-pass test accuracy",
                ylabel="accuracy (%)" if band == "low" else None)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=7)

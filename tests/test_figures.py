@@ -81,3 +81,21 @@ def test_heatmap_labels_do_not_overlap(captured, tmp_path):
         for a in left:
             for b in right:
                 assert not a.overlaps(b), (a, b)
+
+
+def test_the_band_figure_draws_the_proposed_method_its_baselines_and_the_teacher_in_full(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from pipeline import figures
+    rows = [dict(dataset="d", arch="a", sparsity=0.0 if m == "dense" else 0.9, method=m, band=b, radius=r, acc=0.5)
+            for m in ("dense", "finetune", "kd", "fourier_kd", "imp", "random_mask") for b in ("low", "high")
+            for r in (4.0, 8.0)]
+    saved = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.setdefault("fig", fig))
+    figures.bands(pd.DataFrame(rows), "d", "a", 0.9, tmp_path / "b.png", "circle")
+    lines = {ln.get_label(): ln for ln in saved["fig"].axes[0].get_lines()}
+    assert [ln.get_label() for ln in saved["fig"].axes[0].get_lines()][:4] == ["dense", "finetune", "fourier_kd", "kd"]
+    assert {m: lines[m].get_alpha() for m in lines} == {"dense": 1, "finetune": 1, "fourier_kd": 1, "kd": 1,
+                                                         "imp": 0.3, "random_mask": 0.3}
+    assert lines["fourier_kd"].get_linewidth() == 2.5 and lines["imp"].get_linewidth() == 0.8
+    plt.close(saved["fig"])
