@@ -129,6 +129,19 @@ def write_experiment(folder: Path, name: str = "t", **overrides) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def builtin_catalogue():
+    """Every test starts and ends with the built-in catalogue: loading an experiment with methods.extra in this
+    process (configs/lamp.yaml) adds its methods to pipeline.catalog, which a later test must not see."""
+    from pipeline import catalog
+    before = dict(catalog.CATALOG)
+    yield
+    if catalog.CATALOG != before:
+        catalog.CATALOG.clear()
+        catalog.CATALOG.update(before)
+        catalog._refresh()
+
+
 @pytest.fixture
 def env(tmp_path, monkeypatch) -> dict:
     """Environment for subprocess stages (and this process): MLflow store and checkpoints under tmp_path."""
