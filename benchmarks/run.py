@@ -51,7 +51,7 @@ ROWS = (
     "speedup: all cores / 1 thread",
     "speedup: channels_last on / off",
     "speedup: torch.compile on / off",
-    "speedup: bf16 autocast on / off (CUDA)",
+    "speedup: bf16 autocast on / off",
 )
 
 
@@ -232,10 +232,9 @@ def path_rows(bench: Bench, sz: Sizes, deadline: float, quick: bool) -> list[Row
     # On the CPU: bf16 is native (AVX512-BF16/AMX) or emulated; `auto` picks it only where native, and this
     # row shows what either choice costs here. channels_last as `auto` resolves it on this machine.
     native = rt.device.type == "cuda" or T.cpu_bf16_native()
-    name = f"speedup: bf16 autocast on / off ({rt.device.type}, native bf16: {'yes' if native else 'no'})"
-    row = toggle(name, "amp", f"> 1 where native ({info}.amp: auto = {'bf16' if native else 'fp32'})",
-                 on="bf16", off="fp32")
-    rows.append(row)
+    row = toggle("speedup: bf16 autocast on / off", "amp",
+                 f"> 1 where native ({info}.amp: auto = {'bf16' if native else 'fp32'})", on="bf16", off="fp32")
+    rows.append(replace(row, detail=f"{row.detail}; native bf16: {'yes' if native else 'no'}"))
     return rows
 
 

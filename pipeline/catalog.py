@@ -132,7 +132,9 @@ def _refresh() -> None:
     """The derived views, updated in place: modules that imported them see an added method too."""
     METHODS[:] = list(CATALOG)
     METHOD_PARAMS.clear()
-    METHOD_PARAMS.update({m.name: m.params + ((f"methods.options.{m.name}",) if m.options else ())
+    # an added method also reads the experiment's methods section (its module, role, options): what dvc.yaml's
+    # params can name (its options' defaults live in its module, not in the YAML)
+    METHOD_PARAMS.update({m.name: m.params + (("methods",) if m.source != "built-in" else ())
                           for m in CATALOG.values()})
     CHAIN_METHODS[:] = [m.name for m in CATALOG.values() if m.chain]
     NEEDS_TEACHER[:] = [m.name for m in CATALOG.values() if m.teacher]

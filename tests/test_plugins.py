@@ -83,15 +83,17 @@ def test_lamp_is_judged_against_every_baseline_with_its_own_parameters(tmp_path,
         cfg = C.load("t")
         print(sorted((c.method, c.baseline) for c in cfg.report.claims if "lamp" in (c.method, c.baseline)))
         print(C.METHOD_PARAMS["lamp"], cfg.section("methods.options.lamp"), colors.color("lamp"))
+        print(cfg.section(*C.METHOD_PARAMS["lamp"])["methods"]["options"])
     """)
     p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                        env={**env, "PIPELINE_CONFIGS": str(tmp_path)})
     assert p.returncode == 0, p.stderr
-    claims, params = p.stdout.splitlines()
+    claims, params, section = p.stdout.splitlines()
     # judged against every baseline of the grid, as fourier_kd is; controls and the paper's method are not baselines
     assert claims == "[('lamp', 'finetune'), ('lamp', 'kd'), ('lamp', 'lr_rewind'), ('lamp', 'random')]"
-    assert params == ("('retrain', 'train', 'model', 'prune', 'runtime', 'methods.options.lamp') "
+    assert params == ("('retrain', 'train', 'model', 'prune', 'runtime', 'methods') "
                       "{'methods.options.lamp': {'power': 2.0}} #8c6d31")
+    assert section == "{'lamp': {'power': 2.0}}"      # its rule's params: the defaults filled in
 
 
 def test_lamp_as_a_baseline_is_judged_by_the_papers_method(tmp_path, env):
