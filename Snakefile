@@ -15,29 +15,35 @@
 configfile: "params.yaml"
 report: "docs/report/workflow.rst"          # snakemake --report: the description on the report's first page
 
-from pipeline.config import CHAIN_METHODS, METHOD_PARAMS, METHODS, report_build   # torch-free: fast no-op reruns
-from pipeline import preflight, resources as R          # threads, mem_mb, runtime, gpu per rule (torch-free)
+# Torch-free imports (a no-op rerun stays fast): the catalogue, the layout of runs/<name>/ and the config sections
+# each job depends on, the checks every entry point runs, and each rule's threads and resources.
+from pipeline import preflight
+from pipeline.config import layout as L
+from pipeline.config.catalog import CHAIN_METHODS, METHODS
+from pipeline.planning import resources as R
 
 # The whole config is checked before any job starts, as `python -m pipeline validate` checks it (the
 # experiment's name, report.dir and the tracking store included), and must be what the jobs will load with
 # --experiment. A refusal is one line naming the key, exit status 2.
 CFG = preflight.snakefile(config, workflow.configfiles)
 EXPERIMENT = CFG.name
-RUNS = f"runs/{EXPERIMENT}"
+RUNS = L.for_snakemake(EXPERIMENT)               # runs/<name>: every path below is config/layout.py's
 # The report job's outputs: the only report files Snakemake may delete. The job copies them into report.dir
 # (a folder a user may own, never an output here), by our manifest.
-REPORT = report_build(EXPERIMENT)
+REPORT = L.report_build(EXPERIMENT)
 G = CFG.grid
-DENSE = RUNS + "/dense/{dataset}/{arch}/seed{seed}"
-PRUNED = RUNS + "/prune/{dataset}/{arch}/seed{seed}/s{sparsity}"
-RETRAINED = RUNS + "/retrain/{dataset}/{arch}/seed{seed}/s{sparsity}/{method}"
-SPECTRAL = RUNS + "/spectral/{dataset}/{arch}/seed{seed}"
+DATA = f"{RUNS}/{L.DATA}"
+DENSE = f"{RUNS}/{L.DENSE}"
+PRUNED = f"{RUNS}/{L.PRUNED}"
+RETRAINED = f"{RUNS}/{L.RETRAINED}"
+SPECTRAL = f"{RUNS}/{L.SPECTRAL}"
+LOGS = f"{RUNS}/{L.LOGS}"
 ONE_SHOT = "|".join(m for m in METHODS if m not in CHAIN_METHODS)   # retrained one job per sparsity
 
 
-def section(*keys):
-    """The config sections a rule depends on: Snakemake reruns a job when they change."""
-    return CFG.section(*keys)
+def section(kind, **which):
+    """The config sections a kind of job depends on (config/layout.py): Snakemake reruns a job when they change."""
+    return CFG.section(*L.sections(kind, **which))
 
 
 ruleorder: spectral_pruned > spectral
@@ -54,7 +60,7 @@ rule all:
 rule teachers:
     """Target: the prepared data and the dense teachers only (`make pull-teachers` re-times what it pulled)."""
     input:
-        expand(RUNS + "/data/{dataset}.pt", dataset=G.datasets),
+        expand(DATA, dataset=G.datasets),
         expand(DENSE + "/{f}", dataset=G.datasets, arch=G.archs, seed=G.seeds, f=("model.pt", "snapshots.pt",
                                                                                   "metrics.json")),
 
@@ -62,12 +68,12 @@ rule teachers:
 rule prepare:
     """One dataset into a checksummed train/val/test file (torchvision, imagefolder or synthetic)."""
     output:
-        data=RUNS + "/data/{dataset}.pt",
-        info=RUNS + "/data/{dataset}.pt.json",
+        data=DATA,
+        info=DATA + ".json",
     log:
-        RUNS + "/logs/prepare/{dataset}.log",
+        LOGS + "/prepare/{dataset}.log",
     params:
-        cfg=lambda wc: section(f"datasets.{wc.dataset}", "data"),
+        cfg=lambda wc: section("prepare", dataset=wc.dataset),
     threads: R.threads(CFG, "prepare")
     resources:
         **R.rule_resources(CFG, "prepare"),
@@ -85,9 +91,9 @@ rule train_dense:
         snapshots=DENSE + "/snapshots.pt",
         metrics=DENSE + "/metrics.json",
     log:
-        RUNS + "/logs/train_dense/{dataset}/{arch}/seed{seed}.log",
+        LOGS + "/train_dense/{dataset}/{arch}/seed{seed}.log",
     params:
-        cfg=section("model", "train", "runtime"),
+        cfg=section("dense"),
     threads: R.threads(CFG, "train_dense")
     resources:
         **R.rule_resources(CFG, "train_dense"),
@@ -105,7 +111,7 @@ rule prune:
         mask=PRUNED + "/mask.pt",
         stats=PRUNED + "/mask.json",
     log:
-        RUNS + "/logs/prune/{dataset}/{arch}/seed{seed}/s{sparsity}.log",
+        LOGS + "/prune/{dataset}/{arch}/seed{seed}/s{sparsity}.log",
     params:
         cfg=section("prune"),
     threads: R.threads(CFG, "prune")
@@ -129,11 +135,11 @@ rule retrain:
         model=RETRAINED + "/model.pt",
         metrics=RETRAINED + "/metrics.json",
     log:
-        RUNS + "/logs/retrain/{dataset}/{arch}/seed{seed}/s{sparsity}/{method}.log",
+        LOGS + "/retrain/{dataset}/{arch}/seed{seed}/s{sparsity}/{method}.log",
     wildcard_constraints:
         method=ONE_SHOT,
     params:
-        cfg=lambda wc: section(*METHOD_PARAMS[wc.method]),
+        cfg=lambda wc: section("retrain", method=wc.method),
     threads: R.threads(CFG, "retrain")
     resources:
         **R.rule_resources(CFG, "retrain"),
@@ -153,16 +159,15 @@ rule chain:
         dense=rules.train_dense.output.model,
         snapshots=rules.train_dense.output.snapshots,
     output:
-        models=expand(RUNS + "/retrain/{{dataset}}/{{arch}}/seed{{seed}}/s{sparsity}/{{method}}/model.pt",
-                      sparsity=G.sparsities),
-        metrics=expand(RUNS + "/retrain/{{dataset}}/{{arch}}/seed{{seed}}/s{sparsity}/{{method}}/metrics.json",
-                       sparsity=G.sparsities),
+        models=expand(RETRAINED + "/model.pt", sparsity=G.sparsities, allow_missing=True),
+        metrics=expand(RETRAINED + "/metrics.json", sparsity=G.sparsities, allow_missing=True),
     log:
-        RUNS + "/logs/chain/{dataset}/{arch}/seed{seed}/{method}.log",
+        LOGS + "/chain/{dataset}/{arch}/seed{seed}/{method}.log",
     wildcard_constraints:
         method="|".join(CHAIN_METHODS),
     params:
-        cfg=lambda wc: section(*METHOD_PARAMS[wc.method], "grid.sparsities"),
+        cfg=lambda wc: section("chain", method=wc.method),
+        out_dir=lambda wc: f"{RUNS}/" + L.CHAIN.format(dataset=wc.dataset, arch=wc.arch, seed=wc.seed),
     threads: R.threads(CFG, "chain")
     resources:
         **R.rule_resources(CFG, "chain"),
@@ -170,7 +175,7 @@ rule chain:
         "python -m pipeline chain --experiment {EXPERIMENT} --threads {threads}"
         " --dataset {wildcards.dataset} --arch {wildcards.arch} --seed {wildcards.seed} --method {wildcards.method}"
         " --data {input.data} --dense {input.dense} --snapshots {input.snapshots}"
-        " --out-dir " + RUNS + "/retrain/{wildcards.dataset}/{wildcards.arch}/seed{wildcards.seed} --log {log}"
+        " --out-dir {params.out_dir} --log {log}"
 
 
 rule spectral_dense:
@@ -182,7 +187,7 @@ rule spectral_dense:
         json=SPECTRAL + "/dense.json",
         heatmap=SPECTRAL + "/dense_heatmap.pt",
     log:
-        RUNS + "/logs/spectral/{dataset}/{arch}/seed{seed}/dense.log",
+        LOGS + "/spectral/{dataset}/{arch}/seed{seed}/dense.log",
     params:
         cfg=section("spectral"),
     threads: R.threads(CFG, "spectral_dense")
@@ -207,7 +212,7 @@ rule spectral_pruned:
         json=SPECTRAL + "/s{sparsity}/pruned.json",
         heatmap=SPECTRAL + "/s{sparsity}/pruned_heatmap.pt",
     log:
-        RUNS + "/logs/spectral/{dataset}/{arch}/seed{seed}/s{sparsity}/pruned.log",
+        LOGS + "/spectral/{dataset}/{arch}/seed{seed}/s{sparsity}/pruned.log",
     params:
         cfg=section("spectral"),
     threads: R.threads(CFG, "spectral_pruned")
@@ -232,7 +237,7 @@ rule spectral:
         json=SPECTRAL + "/s{sparsity}/{method}.json",
         heatmap=SPECTRAL + "/s{sparsity}/{method}_heatmap.pt",
     log:
-        RUNS + "/logs/spectral/{dataset}/{arch}/seed{seed}/s{sparsity}/{method}.log",
+        LOGS + "/spectral/{dataset}/{arch}/seed{seed}/s{sparsity}/{method}.log",
     params:
         cfg=section("spectral"),
     threads: R.threads(CFG, "spectral")
@@ -266,9 +271,9 @@ rule report:
                      caption="docs/report/figures.rst"),
         manifest=f"{REPORT}/.fourier-mbp-report.json",
     log:
-        RUNS + "/logs/report.log",
+        LOGS + "/report.log",
     params:
-        cfg=section("report", "grid"),
+        cfg=section("report"),
     threads: R.threads(CFG, "report")
     resources:
         **R.rule_resources(CFG, "report"),

@@ -9,7 +9,7 @@ of the machine hits both. REV's `pipeline/` is extracted with `git archive` and 
 `pipeline_base` (its imports are relative, so it runs exactly as it did at REV).
 
 Rows: one `train._epoch` (as `train.run` calls it) of the dense, masked (90% global MBP mask), kd and
-fourier_kd (`methods.kd_loss` at radius 8) steps; each side builds its recipe, loss and data with its own
+fourier_kd (`distill.kd_loss` at radius 8) steps; each side builds its recipe, loss and data with its own
 classes. Ratio = this checkout / REV, per step; the target is <= 1.05.
 """
 from __future__ import annotations
@@ -25,34 +25,43 @@ from pathlib import Path
 
 import torch
 
-from pipeline import masks as M, models
-from pipeline.config import ROOT
+from pipeline.core import masks as M, models
+from pipeline.config.layout import ROOT
 
 from .common import (FULL, KD_ALPHA, KD_T, QUICK, RADIUS, SPARSITY, Row, fake_blob, interleaved, log, machine,
                      suite_epoch, table)
+from pipeline.methods import distill
 
 KINDS = ("dense", "masked", "kd", "fourier_kd")
 
 
 def import_revision(rev: str, dest: Path):
-    """REV's pipeline/ as the package `pipeline_base` (its train and methods modules)."""
+    """REV's training loop (its train module), imported from REV's own pipeline/ package: this checkout's
+    pipeline modules are set aside while it imports, so that REV's code runs with REV's modules."""
     p = subprocess.run(["git", "archive", rev, "pipeline"], cwd=ROOT, capture_output=True)
     if p.returncode:
         raise SystemExit(f"--base {rev}: git archive failed: {p.stderr.decode().strip()[:300]}")
-    tar = p.stdout
-    with tarfile.open(fileobj=BytesIO(tar)) as t:
+    with tarfile.open(fileobj=BytesIO(p.stdout)) as t:
         t.extractall(dest, filter="data")
-    (dest / "pipeline").rename(dest / "pipeline_base")
+    ours = lambda: [k for k in sys.modules if k == "pipeline" or k.startswith("pipeline.")]  # noqa: E731
+    saved = {k: sys.modules.pop(k) for k in ours()}
     sys.path.insert(0, str(dest))
-    return importlib.import_module("pipeline_base.train"), importlib.import_module("pipeline_base.methods")
+    try:
+        layout = "pipeline.core.train" if (dest / "pipeline" / "core" / "train.py").exists() else "pipeline.train"
+        return importlib.import_module(layout)
+    finally:
+        sys.path.remove(str(dest))
+        for k in ours():
+            del sys.modules[k]
+        sys.modules.update(saved)
 
 
-def side(T, methods, kind: str, net, mask, teacher, blob, batch: int):
+def side(T, kind: str, net, mask, teacher, blob, batch: int):
     """One version's epoch of `kind` as a callable (its own Data, Runtime, Recipe, loss and training loop)."""
     rt = T.Runtime(torch.device("cpu"), False, False, False)
     loss = {"dense": T.cross_entropy, "masked": T.cross_entropy,
-            "kd": methods.kd_loss(teacher, KD_T, KD_ALPHA),
-            "fourier_kd": methods.kd_loss(teacher, KD_T, KD_ALPHA, radius_fn=lambda e: RADIUS)}[kind]
+            "kd": distill.kd_loss(teacher, KD_T, KD_ALPHA),
+            "fourier_kd": distill.kd_loss(teacher, KD_T, KD_ALPHA, radius_fn=lambda e: RADIUS)}[kind]
     _, run = suite_epoch(T, net, None if kind == "dense" else mask, loss, batch, rt)
     data, g = T.Data(blob, rt.device), torch.Generator().manual_seed(0)
     return lambda: run(data, g)
@@ -70,9 +79,9 @@ def main(argv=None) -> int:
         p.error(f"--kinds: unknown step {bad} (choose from {', '.join(KINDS)})")
     sz = QUICK if a.quick else FULL
     torch.manual_seed(0)
-    from pipeline import methods, train
+    from pipeline.core import train
     with tempfile.TemporaryDirectory() as tmp:
-        base_train, base_methods = import_revision(a.base, Path(tmp))
+        base_train = import_revision(a.base, Path(tmp))
         print("\n".join(machine()))
         log(f"base {a.base}: resnet20 x{sz.width}, batch {sz.batch}, {sz.steps} steps per epoch x {a.reps} "
             f"repetitions (median), one warm-up epoch per side")
@@ -85,8 +94,8 @@ def main(argv=None) -> int:
         rows = []
         for kind in a.kinds.split(","):
             log(f"{kind}: this checkout vs {a.base}")
-            fns = {"new": side(train, methods, kind, net, mask, teacher, blob, sz.batch),
-                   "base": side(base_train, base_methods, kind, net, mask, teacher, blob, sz.batch)}
+            fns = {"new": side(train, kind, net, mask, teacher, blob, sz.batch),
+                   "base": side(base_train, kind, net, mask, teacher, blob, sz.batch)}
             for f in fns.values():
                 f()                                          # warm-up
             med = {k: v / sz.steps for k, v in interleaved(fns, a.reps, torch.device("cpu")).items()}

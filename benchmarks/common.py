@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline import io, masks as M
-from pipeline.config import ROOT
+from pipeline.infra import io
+from pipeline.core import masks as M
+from pipeline.config.layout import ROOT
 
 CIFAR_TRAIN, CIFAR_VAL, CIFAR_TEST = 45_000, 5_000, 10_000   # the suite's CIFAR-10 split (val_size 5000)
 SPARSITY = 0.9
@@ -116,21 +117,23 @@ def interleaved(fns: dict, reps: int, device: torch.device) -> dict:
 
 def suite_epoch(T, net, masks: dict | None, loss, batch: int, rt):
     """A copy of `net` on the device with its SGD (and `masks` applied), trained by the suite's own loop,
-    `T._epoch`, as `train.run` calls it. Returns (model, run(data, g) -> one epoch's metrics). `T` is the train
-    module: benchmarks/ab.py passes another revision's."""
+    `T.train_epoch`, as `train.run` calls it. Returns (model, run(data, g) -> one epoch's metrics). `T` is the train
+    module: benchmarks/ab.py passes another revision's (before the packages: `_weights`, `_epoch`)."""
+    masked_weights = getattr(T, "masked_weights", None) or T._weights
+    train_epoch = getattr(T, "train_epoch", None) or T._epoch
     model = T.to_device(copy.deepcopy(net), rt)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    weights = None if masks is None else T._weights(model, masks)
+    weights = None if masks is None else masked_weights(model, masks)
     if weights is not None:
         M.apply(weights, masks)
     recipe = T.Recipe([], loss=loss, batch_size=batch)
 
     def run(data, g: torch.Generator, epoch: int = 0, lr: float | None = None, **hooks):
-        """`lr`: this epoch's; `hooks` (graphs, observe): passed to a `T._epoch` that has them (gpu_check)."""
+        """`lr`: this epoch's; `hooks` (graphs, observe): passed to a `T.train_epoch` that has them (gpu_check)."""
         if lr is not None:
             for pg in opt.param_groups:
                 pg["lr"] = lr
-        return T._epoch(model, model, opt, recipe, data, rt, g, epoch, weights, masks, **hooks)
+        return train_epoch(model, model, opt, recipe, data, rt, g, epoch, weights, masks, **hooks)
     return model, run
 
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import torch
 
-from pipeline import train as T
+from pipeline.core import train as T
 
 from .common import FULL
 from .steps import Bench, run_pair

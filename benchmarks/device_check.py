@@ -33,11 +33,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline import config as C, data as D, io, masks as M, models, train as T
-from pipeline.config import ROOT
+from pipeline.core import data as D, masks as M, models, train as T
+from pipeline.infra import io
+from pipeline.config.layout import ROOT
 
 from . import gpu_check
 from .emulation import Emulation
+from pipeline.config import loading
 
 # Two eager runs of a smoke-sized job on a GPU are not bit-identical (cuDNN, atomics, bf16); a right captured
 # step lands within a few test images of eager. 5 points is far below what a wrong step costs a 2-epoch run
@@ -55,7 +57,7 @@ T0 = time.perf_counter()
 
 def sizes(quick: bool) -> dict:
     """The smoke experiment's job (configs/smoke.yaml); --quick: a quarter of its images, half its width."""
-    cfg = C.load("smoke")
+    cfg = loading.load("smoke")
     d = cfg.datasets["synthetic"]
     n = (d.train_size, d.val_size, d.test_size) if not quick else (256 + 64, 64, 64)
     return {"train": n[0], "val": n[1], "test": n[2], "classes": d.classes, "width": cfg.model.width / (2 if quick
@@ -95,9 +97,9 @@ def train(s: dict, graphs: bool, emulate: bool, ckpt: Path, kill_at: int | None 
     reasons = []
     with Emulation() if emulate and graphs else contextlib.nullcontext():
         out = T.run(recipe, net, data, rt, seed=0, ckpt=ckpt, key="device_check", on_fallback=reasons.append)
-    return {"test_acc": T.accuracy(out["model"], data, "test", rt), "cuda_graphs": out["cuda_graphs"],
-            "epochs": out["epochs"], "history": len(out["history"]),
-            "state": {k: v.detach().cpu() for k, v in out["model"].state_dict().items()}}
+    return {"test_acc": T.accuracy(out.model, data, "test", rt), "cuda_graphs": out.cuda_graphs,
+            "epochs": out.epochs, "history": len(out.history),
+            "state": {k: v.detach().cpu() for k, v in out.model.state_dict().items()}}
 
 
 def training_rows(s: dict, emulate: bool, quick: bool, tmp: Path) -> list[tuple[str, bool, str]]:
@@ -142,8 +144,8 @@ def plan_row(path: Path | None, experiment: str | None) -> tuple[str, bool | Non
     if path is None or not path.exists():
         return ("plan", False, "no throughput JSON was written")
     try:
-        from pipeline import plan as P
-        text = P.plan(C.load(experiment), experiment, P.load_throughput(path))
+        from pipeline.planning import plan as P
+        text = P.plan(loading.load(experiment), experiment, P.load_throughput(path))
     except ImportError as e:          # the DAG's jobs come from the Snakefile: Snakemake is needed
         missing = (e.name or str(e)).split(".")[0]
         return ("plan", None, f"skipped ({missing} is not installed here): run `{cmd}` where the suite is installed")

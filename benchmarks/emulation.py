@@ -1,4 +1,4 @@
-"""CUDA graphs emulated on the CPU, with faults to inject: how the captured step (pipeline/captured.py) and the
+"""CUDA graphs emulated on the CPU, with faults to inject: how the captured step (pipeline/core/captured.py) and the
 device check (benchmarks/gpu_check.py --emulate) are tested without a GPU.
 
 The emulation keeps CUDA's contract: capture RECORDS the step without running it (whatever the step changed
@@ -21,7 +21,7 @@ import contextlib
 
 import torch
 
-from pipeline import captured, masks as M
+from pipeline.core import captured, masks as M
 
 FAULTS = ("stale_batch", "stale_labels", "no_step", "no_mask", "frozen_bn")
 RAISES = ("enter", "exit", "replay", "late_replay")

@@ -39,11 +39,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline import captured, config as C, masks as M, methods as MT, models, spectral as SP, train as T
-from pipeline.config import ROOT
+from pipeline.core import captured, masks as M, models, train as T
+from pipeline.evaluate import spectral as SP
+from pipeline.config.layout import ROOT
 
 from .common import KD_ALPHA, KD_T, RADIUS, SPARSITY, fake_blob, machine, suite_epoch, sync
 from .emulation import FAULTS, Emulation
+from pipeline.config import loading
+from pipeline.methods import distill
 
 KINDS = ("dense", "masked", "kd", "fourier_kd")
 # issue 9's targets on an H100, resnet20, batch 128 (img/s of the suite's step)
@@ -69,9 +72,9 @@ class Setup:
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.loss = {"dense": T.cross_entropy, "masked": T.cross_entropy,
-                     "kd": MT.kd_loss(teacher, KD_T, KD_ALPHA),
-                     "fourier_kd": MT.kd_loss(teacher, KD_T, KD_ALPHA, radius_fn=lambda e: RADIUS)}
-        self.check_loss = {**self.loss, "fourier_kd": MT.kd_loss(teacher, KD_T, KD_ALPHA,
+                     "kd": distill.kd_loss(teacher, KD_T, KD_ALPHA),
+                     "fourier_kd": distill.kd_loss(teacher, KD_T, KD_ALPHA, radius_fn=lambda e: RADIUS)}
+        self.check_loss = {**self.loss, "fourier_kd": distill.kd_loss(teacher, KD_T, KD_ALPHA,
                                                                  radius_fn=lambda e: CHECK_RADII[e])}
 
     def epoch(self, kind: str, batch: int, rt: T.Runtime):
@@ -125,7 +128,7 @@ def trace(setup: Setup, kind: str, batch: int, data, graphs: captured.Graphs | N
         return inner(student, x, y, epoch, norm)
     masks = None if kind == "dense" else setup.masks
     model, run = suite_epoch(T, setup.base, masks, loss, batch, rt)
-    pruned = [] if masks is None else [(w, masks[n].logical_not()) for n, w in T._weights(model, masks).items()]
+    pruned = [] if masks is None else [(w, masks[n].logical_not()) for n, w in T.masked_weights(model, masks).items()]
     start = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     rec = {"loss": [], "probe": [], "nonzero": []}
 
@@ -272,7 +275,7 @@ def plain_img_s(setup: Setup, batch: int, steps: int) -> float:
 def eval_img_s(setup: Setup, images: int) -> float:
     """Forward images per second of the spectral evaluation (every radius, low- and high-pass), in fp32 as
     the pipeline runs it (spectral.fp32)."""
-    rt, spec = SP.fp32(setup.rt), C.load().spectral
+    rt, spec = SP.fp32(setup.rt), loading.load().spectral
     data = T.Data(fake_blob(16, 1, images, seed=5), rt.device)
     model = T.to_device(copy.deepcopy(setup.base), rt).eval()
     SP.band_predictions(model, data, rt, spec.radii, spec.filter, spec.batch_size)
@@ -301,7 +304,7 @@ def concurrent_img_s(arch: str, width: float, batch: int, steps: int, k: int, gr
 
 
 def child(arch: str, width: float, batch: int, steps: int, graphs: bool) -> dict:
-    rt = replace(T.runtime(C.load()), compile=False)
+    rt = replace(T.runtime(loading.load()), compile=False)
     rt = replace(rt, graphs=rt.graphs and graphs)
     setup = Setup(arch, width, rt)
     data = T.Data(fake_blob(steps * batch, batch, batch, seed=6), rt.device)
@@ -338,7 +341,7 @@ def main(argv=None) -> int:
     kinds = a.kinds.split(",")
     if bad := [k for k in kinds if k not in KINDS]:
         p.error(f"--kinds: unknown step {bad} (choose from {', '.join(KINDS)})")
-    cfg = C.load()
+    cfg = loading.load()
     rt = replace(T.runtime(cfg), compile=False)
     if a.emulate:
         return emulated(rt, a, kinds)

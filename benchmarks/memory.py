@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline import io, models, train as T
+from pipeline.infra import io
+from pipeline.core import models, train as T
 
 from .common import Row, Sizes, _child, blob_bytes, fake_blob, log, verdict
 
@@ -41,7 +42,7 @@ def child_memory(path: str, width: float, batch: int, steps: int | None, threads
     """One training job's memory, phase by phase: load the prepared file (data.load), build the on-device
     Data, train `steps` steps (None: one whole epoch) through train._epoch. Bytes (host RSS; on CUDA also
     the device's allocated memory)."""
-    from pipeline import data as D
+    from pipeline.core import data as D
     cuda = device == "cuda"
     rt = T.Runtime(torch.device(device), amp=cuda, channels_last=cuda, compile=False)
     torch.set_num_threads(threads)
@@ -75,7 +76,7 @@ def child_memory(path: str, width: float, batch: int, steps: int | None, threads
         full = (data.train_x, data.train_y)
         data.train_x, data.train_y = full[0][:steps * batch], full[1][:steps * batch]
     recipe = T.Recipe([], batch_size=batch)
-    T._epoch(model, model, opt, recipe, data, rt, torch.Generator().manual_seed(0), 0, None, None)
+    T.train_epoch(model, model, opt, recipe, data, rt, torch.Generator().manual_seed(0), 0, None, None)
     m["after_train"], m["peak_train"] = _proc_status().get("VmRSS", 0), _proc_status().get("VmHWM", 0)
     if cuda:
         m["gpu_peak"] = torch.cuda.max_memory_allocated()

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import ROOT
+from pipeline.config.layout import ROOT
 
 from .common import Row, Sizes, log
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline import config as C, methods as MT, models, spectral as SP, train as T
+from pipeline.core import models, train as T
+from pipeline.evaluate import spectral as SP
 
 from . import common
 from .common import (CIFAR_TRAIN, FULL, KD_ALPHA, KD_T, QUICK, RADIUS, T0, Row, Sizes, _child, fake_blob,
@@ -34,6 +35,8 @@ from .common import (CIFAR_TRAIN, FULL, KD_ALPHA, KD_T, QUICK, RADIUS, T0, Row, 
 from .memory import child_memory, memory_rows
 from .reruns import dag_rows
 from .steps import Bench, run_pair
+from pipeline.config import loading
+from pipeline.methods import distill
 
 # The rows, in the order printed (the test checks that each one is printed).
 ROWS = (
@@ -71,7 +74,7 @@ def throughput_rows(bench: Bench) -> tuple[list[Row], dict]:
                         f"suite {ips(t['suite'])} ({t['suite'] * 1e3:.0f} ms/step), bare {ips(t['bare'])}"))
 
     log("kd: suite vs bare")
-    kd = MT.kd_loss(bench.teacher, KD_T, KD_ALPHA)
+    kd = distill.kd_loss(bench.teacher, KD_T, KD_ALPHA)
     t = run_pair({"suite": bench.suite(kd, masked=True), "bare": bench.bare("kd", masked=True)}, bench, S)
     per["kd"] = t
     r = t["suite"] / t["bare"]
@@ -79,7 +82,7 @@ def throughput_rows(bench: Bench) -> tuple[list[Row], dict]:
                     f"suite {ips(t['suite'])} ({t['suite'] * 1e3:.0f} ms/step), bare {ips(t['bare'])}"))
 
     log("fourier_kd: suite vs parts")
-    fkd = MT.kd_loss(bench.teacher, KD_T, KD_ALPHA, radius_fn=lambda e: RADIUS)
+    fkd = distill.kd_loss(bench.teacher, KD_T, KD_ALPHA, radius_fn=lambda e: RADIUS)
     fw, ft, rep = bench.fft()
     t = run_pair({"suite": bench.suite(fkd, masked=True), "student": bench.bare("student2", masked=True),
                   "teacher": bench.teacher_forward(), "fft": (fw, ft)}, bench, S)
@@ -123,7 +126,7 @@ def band_row(sz: Sizes, rt: T.Runtime, cfg) -> Row:
 
 def mlflow_row(sz: Sizes, cfg, dense_step: float) -> Row:
     log("MLflow logging")
-    from pipeline.tracking import Run
+    from pipeline.infra.tracking import Run
     old = os.environ.get("MLFLOW_TRACKING_URI")
     metrics = {"train_loss": 1.234, "train_acc": 0.5, "lr": 0.01, "val_acc": 0.5, "round": 0, "sparsity": 0.9,
                "radius": 8.0, "epoch": 1}
@@ -240,7 +243,7 @@ def path_rows(bench: Bench, sz: Sizes, deadline: float, quick: bool) -> list[Row
 
 def child_compile(width: float, batch: int, steps: int, reps: int, threads: int) -> dict:
     """Eager vs torch.compile'd resnet20 dense steps through train._epoch (steady state after warm-up)."""
-    cfg = C.load()
+    cfg = loading.load()
     rt = replace(T.runtime(cfg), compile=False)
     torch.set_num_threads(threads)
     data = T.Data(fake_blob(steps * batch, batch, batch), rt.device)
@@ -256,14 +259,14 @@ def child_compile(width: float, batch: int, steps: int, reps: int, threads: int)
         g = torch.Generator().manual_seed(0)
         t0 = time.perf_counter()
         try:
-            T._epoch(step_model, model, opt, recipe, warm, rt, g, 0, None, None)
-            T._epoch(step_model, model, opt, recipe, warm, rt, g, 0, None, None)
+            T.train_epoch(step_model, model, opt, recipe, warm, rt, g, 0, None, None)
+            T.train_epoch(step_model, model, opt, recipe, warm, rt, g, 0, None, None)
         except Exception as e:  # noqa: BLE001
             return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"}
         if kind == "compiled":
             out["warmup"] = time.perf_counter() - t0
         fns[kind] = (lambda sm=step_model, m=model, o=opt, gg=g:
-                     T._epoch(sm, m, o, recipe, data, rt, gg, 0, None, None))
+                     T.train_epoch(sm, m, o, recipe, data, rt, gg, 0, None, None))
     t = interleaved(fns, reps, rt.device)
     out.update({k: v / steps for k, v in t.items()})
     return out
@@ -303,7 +306,7 @@ def main(argv=None) -> int:
     sz = QUICK if a.quick else FULL
     sz = replace(sz, steps=a.steps or sz.steps, reps=a.reps or sz.reps)
     deadline = T0 + a.budget
-    cfg = C.load()                                     # params.yaml: the runtime every stage resolves
+    cfg = loading.load()                                     # params.yaml: the runtime every stage resolves
     rt = replace(T.runtime(cfg), compile=False)        # compile is its own row
     threads = a.threads if a.threads is not None else (1 if a.quick else cfg.runtime.threads)
     torch.set_num_threads(threads or os.cpu_count() or 1)

@@ -7,7 +7,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from pipeline import frequency as fq, masks as M, models, train as T
+from pipeline.core import frequency as fq, masks as M, models, train as T
 
 from .common import KD_ALPHA, KD_T, RADIUS, SPARSITY, Sizes, fake_blob, interleaved, suite_epoch
 

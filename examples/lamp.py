@@ -22,7 +22,7 @@ of this module stays torch-free (the Snakefile reads its record); the recipe imp
 """
 from __future__ import annotations
 
-from pipeline.catalog import Method
+from pipeline.config.catalog import Method
 
 
 def lamp_scores(weight, power: float = 2.0):
@@ -40,8 +40,8 @@ def lamp_scores(weight, power: float = 2.0):
 
 def lamp_mask(weights: dict, sparsity: float, power: float = 2.0) -> dict:
     """The LAMP mask at `sparsity`: exactly round(sparsity * n) of the n weights pruned, the lowest scores
-    first, across layers (pipeline.masks.global_magnitude on the scores, which are non-negative)."""
-    from pipeline import masks
+    first, across layers (pipeline.core.masks.global_magnitude on the scores, which are non-negative)."""
+    from pipeline.core import masks
     return masks.global_magnitude({n: lamp_scores(w, power) for n, w in weights.items()}, sparsity)
 
 
@@ -49,7 +49,7 @@ def lamp(ctx):
     """The recipe: the trained dense weights, the LAMP mask at the target sparsity, then the shared retraining
     budget (the one-shot builder every equal-budget method uses)."""
     from pipeline.methods.base import one_shot
-    from pipeline.models import prunable
+    from pipeline.core.models import prunable
     power = ctx.cfg.methods.options["lamp"]["power"]
     return one_shot(ctx, lambda model: lamp_mask(prunable(model, ctx.cfg.prune.exclude), ctx.sparsity, power))
 

@@ -14,10 +14,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import preflight
-from .config import ROOT, ConfigError, load
-from .errors import Busy, CorruptFile, Diverged, GraphsFailed, NoSpace, TrackingDown
-from .progress import drop_log, log_to, open_log
+from pipeline import preflight
+from pipeline.config.layout import ROOT
+from pipeline.config.loading import load
+from pipeline.errors import Busy, ConfigError, CorruptFile, Diverged, GraphsFailed, NoSpace, TrackingDown
+from pipeline.infra.progress import drop_log, log_to, open_log
+
+# Each stage's home (imported only when it runs: `validate` and a config error never load torch).
+STAGES = {"prepare": "pipeline.stages.prepare", "train_dense": "pipeline.stages.training",
+          "prune": "pipeline.stages.prune", "retrain": "pipeline.stages.training", "chain": "pipeline.stages.training",
+          "spectral": "pipeline.stages.evaluation"}
 
 # Stages holding a job lock (io.exclusive): their --log opens once they hold it, so a refused copy (exit 4)
 # writes nothing to the log of the copy that runs.
@@ -91,20 +97,20 @@ def main(argv=None) -> int:
             print(f"ok: experiment {cfg.name}")
             return 0
         if args.stage == "methods":
-            from .catalog import catalogue_table
+            from pipeline.config.catalog import catalogue_table
             sys.stdout.write(catalogue_table(cfg.grid.methods))
             return 0
         if args.stage == "publish":
-            from .publish import publish
+            from pipeline.report.publish import publish
             print(f"published to {publish(cfg).relative_to(ROOT)}")
             return 0
         if args.stage == "export_dvc":
-            from .dag import PARAMS_FILE, export_dvc, resolved_params
+            from pipeline.planning.dag import PARAMS_FILE, export_dvc, resolved_params
             (ROOT / PARAMS_FILE).write_text(resolved_params(args.experiment))
             sys.stdout.write(export_dvc(args.experiment))
             return 0
         if args.stage == "plan":
-            from .plan import default_throughput, load_throughput, plan
+            from pipeline.planning.plan import default_throughput, load_throughput, plan
             path = args.throughput or default_throughput()
             try:
                 measured = load_throughput(path) if path else None
@@ -114,20 +120,16 @@ def main(argv=None) -> int:
             return 0
         preflight.check(cfg, probe=True)            # before any compute: report.dir, and the store every job logs to
         if args.stage == "report":
-            from .report import place_build, report
+            from pipeline.report.build import place_build, report
             place_build(cfg) if args.from_build else report(cfg)
             return 0
-        from . import stages
-        from .train import set_threads
+        import importlib
+
+        from pipeline.core.train import set_threads
         set_threads(args.threads or cfg.runtime.threads)   # the job's share of the machine, from its scheduler
-        if args.stage == "chain":
-            from .chains import chain
-            chain(cfg, **kw)
-        elif args.stage == "spectral":
-            tags = dict(t.split("=", 1) for t in kw.pop("tag"))
-            stages.spectral(cfg, tags=tags, **kw)
-        else:
-            getattr(stages, args.stage)(cfg, **kw)
+        if args.stage == "spectral":
+            kw["tags"] = dict(t.split("=", 1) for t in kw.pop("tag"))
+        getattr(importlib.import_module(STAGES[args.stage]), args.stage)(cfg, **kw)
         return 0
     except tuple(EXITS) as e:
         label, code = next(v for t, v in EXITS.items() if isinstance(e, t))

@@ -1,4 +1,5 @@
 """Errors the CLI turns into exit codes. No heavy imports here: a config error exits before torch loads."""
+from __future__ import annotations
 
 
 class CorruptFile(RuntimeError):
@@ -25,3 +26,8 @@ class NoSpace(RuntimeError):
 class TrackingDown(RuntimeError):
     """The MLflow tracking server stopped answering during a job (its retries bounded): the job stopped at an
     epoch boundary with its checkpoint kept; one line names the URI and how to resume (exit status 7)."""
+
+
+class ConfigError(ValueError):
+    """A bad parameter: the message names the key, the value and what is allowed."""
+

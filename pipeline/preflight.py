@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import sys
 
-from .config import Config, ConfigError, check_snakemake, resolve_path
-from .errors import CorruptFile
+from pipeline.config.schema import Config
+from pipeline.errors import ConfigError
+from pipeline.config.loading import check_snakemake
+from pipeline.config.layout import resolve_path
+from pipeline.errors import CorruptFile
 
 
 def check(cfg: Config, probe: bool = False) -> Config:
     """report.dir and the tracking store (`probe`: a tracking server must answer, which the stages ask)."""
-    from .publish import check_target
-    from .tracking import check_uri
+    from pipeline.report.publish import check_target
+    from pipeline.infra.tracking import check_uri
     check_target(resolve_path(cfg.report.dir))
     check_uri(cfg, probe=probe)
     return cfg

@@ -17,7 +17,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import ROOT, merge, read_yaml
+from pipeline.config.layout import ROOT
+from pipeline.config.loading import merge, read_yaml
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
@@ -132,8 +133,8 @@ def write_experiment(folder: Path, name: str = "t", **overrides) -> Path:
 @pytest.fixture(autouse=True)
 def builtin_catalogue():
     """Every test starts and ends with the built-in catalogue: loading an experiment with methods.extra in this
-    process (configs/lamp.yaml) adds its methods to pipeline.catalog, which a later test must not see."""
-    from pipeline import catalog
+    process (configs/lamp.yaml) adds its methods to pipeline.config.catalog, which a later test must not see."""
+    from pipeline.config import catalog
     before = dict(catalog.CATALOG)
     yield
     if catalog.CATALOG != before:

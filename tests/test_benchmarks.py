@@ -9,7 +9,8 @@ import pytest
 
 from benchmarks.emulation import FAULTS
 from benchmarks.run import ROWS, write_results
-from pipeline.config import ROOT
+from pipeline.config.layout import ROOT
+from pipeline.config import loading
 
 
 def test_quick_run_prints_every_row(tmp_path, env):
@@ -105,8 +106,8 @@ def test_gpu_check_writes_what_it_measured_when_a_later_row_fails(tmp_path, monk
     (path,) = tmp_path.glob("throughput-*.json")
     r = json.loads(path.read_text())
     assert set(r["img_per_s"]) == {"resnet20"} and r["errors"] == ["RuntimeError: simulated failure"]
-    from pipeline import config as C, plan as P
-    assert "the measurement reports errors: RuntimeError: simulated failure" in P.plan(C.load("smoke"), "smoke", r)
+    from pipeline.planning import plan as P
+    assert "the measurement reports errors: RuntimeError: simulated failure" in P.plan(loading.load("smoke"), "smoke", r)
 
 
 @pytest.mark.parametrize("fault", [None, *FAULTS])

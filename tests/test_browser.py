@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ROOT, load
-from pipeline.tracking import COMPARE_FILTER, Run
+from pipeline.config.layout import ROOT
+from pipeline.config.loading import load
+from pipeline.infra.tracking import COMPARE_FILTER, Run
 
 from .conftest import wait_for
 
@@ -100,8 +101,8 @@ def test_readme_recipe_finds_every_method_and_its_test_accuracy(ui, tmp_path):
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    readme = (ROOT / "README.md").read_text()
-    assert f"`{COMPARE_FILTER}`" in readme, "the README's recipe uses the filter this test types"
+    readme = (ROOT / "docs" / "configuration.md").read_text()
+    assert f"`{COMPARE_FILTER}`" in readme, "the manual's recipe uses the filter this test types"
     url, expected = ui
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM

@@ -1,11 +1,12 @@
-"""The report's Calibration section (pipeline/calibration.py): the literature's orderings, judged by the claims'
+"""The report's Calibration section (pipeline/report/calibration.py): the literature's orderings, judged by the claims'
 rule, each verdict checked against differences computed by hand."""
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from pipeline import calibration as K, config as C
+from pipeline.report import calibration as K
+from pipeline.config import loading
 
 SEEDS = (0, 1, 2)
 
@@ -18,8 +19,8 @@ def _summary(acc: dict) -> pd.DataFrame:
 
 
 def _cfg(methods):
-    raw = C.merge(C.merged_raw("smoke"), {"grid": {"sparsities": [0.9], "seeds": list(SEEDS), "methods": methods}})
-    return C.validate(raw)
+    raw = loading.merge(loading.merged_raw("smoke"), {"grid": {"sparsities": [0.9], "seeds": list(SEEDS), "methods": methods}})
+    return loading.validate(raw)
 
 
 def _rows(lines):

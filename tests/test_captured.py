@@ -1,4 +1,4 @@
-"""The captured step's bookkeeping (pipeline/captured.py), on the CPU, under an emulation of CUDA graphs.
+"""The captured step's bookkeeping (pipeline/core/captured.py), on the CPU, under an emulation of CUDA graphs.
 
 No GPU runs here (benchmarks/gpu_check.py compares captured and eager on a real one). What this checks is
 the part that is ours, not CUDA's: which calls run eagerly, when capture happens, that each batch reaches the
@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from benchmarks.emulation import Emulation
-from pipeline import captured, methods, models, train as T
+from pipeline.core import captured, models, train as T
 from pipeline.errors import GraphsFailed
+from pipeline.methods import distill
 
 
 def _blob(n=96, test=16, seed=0):
@@ -35,8 +36,8 @@ def _train(tmp_path, loss_name, graphs, fault=None, strict=False, fallbacks=None
             for n, w in models.prunable(model).items()}
     teacher = models.build("resnet20", 4, width=0.25, seed=1).eval()
     loss = {"ce": T.cross_entropy,
-            "kd": methods.kd_loss(teacher, 4.0, 0.9),
-            "fourier_kd": methods.kd_loss(teacher, 4.0, 0.9, radius_fn=lambda e: [4.0, 8.0][e])}[loss_name]
+            "kd": distill.kd_loss(teacher, 4.0, 0.9),
+            "fourier_kd": distill.kd_loss(teacher, 4.0, 0.9, radius_fn=lambda e: [4.0, 8.0][e])}[loss_name]
     recipe = T.Recipe([T.Round(epochs=2, lr=0.05, lr_drops=[0.5], gamma=0.1)], loss=loss, masks=mask,
                       batch_size=16)
     rt = T.Runtime(torch.device("cpu"), amp=False, channels_last=False, compile=False, graphs=graphs,
@@ -61,8 +62,8 @@ def _eager(tmp_path, loss_name):
 
 
 def _same_weights(a, b):
-    for n, t in a["model"].state_dict().items():
-        assert torch.equal(t, b["model"].state_dict()[n]), f"{n} differs between captured and eager"
+    for n, t in a.model.state_dict().items():
+        assert torch.equal(t, b.model.state_dict()[n]), f"{n} differs between captured and eager"
 
 
 @pytest.mark.parametrize("loss_name", ["ce", "kd", "fourier_kd"])
@@ -74,11 +75,11 @@ def test_captured_training_equals_eager_under_graph_semantics(tmp_path, loss_nam
     # every later step, the capturing call's batch included, is one replay
     assert emu.graphs == 2 and emu.replays == 2 * (steps - captured.WARMUP)
     _same_weights(eager, capt)
-    for a, b in zip(eager["history"], capt["history"]):
+    for a, b in zip(eager.history, capt.history):
         assert a == b
-    assert capt["cuda_graphs"] == "captured" and eager["cuda_graphs"] == "off"
-    zeros = sum(int((~m).sum()) for m in eager["masks"].values())
-    assert sum(int((w == 0).sum()) for n, w in capt["model"].named_parameters() if n in capt["masks"]) >= zeros
+    assert capt.cuda_graphs == "captured" and eager.cuda_graphs == "off"
+    zeros = sum(int((~m).sum()) for m in eager.masks.values())
+    assert sum(int((w == 0).sum()) for n, w in capt.model.named_parameters() if n in capt.masks) >= zeros
 
 
 def test_a_replay_without_the_new_batch_would_be_caught(tmp_path, monkeypatch):
@@ -91,8 +92,8 @@ def test_a_replay_without_the_new_batch_would_be_caught(tmp_path, monkeypatch):
         self.graph.replay()                     # the bug: no copy of (x, y) into the static buffers
     monkeypatch.setattr(captured.CapturedStep, "_replay", no_copy)
     capt, _ = _train(tmp_path, "ce", graphs=True)
-    assert capt["cuda_graphs"] == "captured"
-    assert any(not torch.equal(t, capt["model"].state_dict()[n]) for n, t in eager["model"].state_dict().items())
+    assert capt.cuda_graphs == "captured"
+    assert any(not torch.equal(t, capt.model.state_dict()[n]) for n, t in eager.model.state_dict().items())
 
 
 # A graph that raises on capture's start or end or on replay (the first, or a later one mid-epoch), and replays
@@ -119,11 +120,11 @@ def test_a_failing_capture_falls_back_to_the_eager_steps(tmp_path, capsys, fault
     reasons = []
     capt, emu = _train(tmp_path, "ce", graphs=True, fault=fault, fallbacks=reasons)
     _same_weights(eager, capt)
-    assert [a == b for a, b in zip(eager["history"], capt["history"])] == [True, True]
+    assert [a == b for a, b in zip(eager.history, capt.history)] == [True, True]
     assert emu.graphs == 1                  # one capture tried; epoch 1 runs eagerly: no second capture
     assert emu.replays == {"enter": 0, "exit": 0, "late_replay": 2}.get(fault, 1)
     assert len(reasons) == 1 and reasons[0].startswith(FALLBACKS[fault]), reasons
-    assert capt["cuda_graphs"] == f"fallback: {reasons[0]}"
+    assert capt.cuda_graphs == f"fallback: {reasons[0]}"
     warnings = [ln for ln in capsys.readouterr().err.splitlines() if "runtime.cuda_graphs" in ln]
     assert len(warnings) == 1 and warnings[0].startswith("warning: runtime.cuda_graphs: the captured training "
                                                          f"step {reasons[0]}; the job continues"), warnings

@@ -1,16 +1,17 @@
-"""The report's claims on hand-made tables: the controlled pruning signature (pipeline/report.py: radii near
-chance left out, MBP paired with its random control by seed) and the Claims section (pipeline/claims.py):
+"""The report's claims on hand-made tables: the controlled pruning signature (pipeline/report/build.py: radii near
+chance left out, MBP paired with its random control by seed) and the Claims section (pipeline/report/claims.py):
 every declared claim judged by the rule of verdicts.py, cost ratios, power, controls, regime notes, cells."""
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from pipeline import claims as CL
-from pipeline import config as C
-from pipeline import report as R
-from pipeline import verdicts as V
-from pipeline.spectral import FULL
+from pipeline.report import claims as CL
+from pipeline.report import build as R, signature_table
+from pipeline.report import verdicts as V
+from pipeline.evaluate.spectral import FULL
+from pipeline.config import loading
+from pipeline.config import schema
 
 KEY = dict(dataset="d", arch="a", filter="circle", heatmap_seconds=0.0)
 
@@ -57,7 +58,7 @@ def test_signature_pairs_mbp_with_its_control_by_seed_over_the_kept_radii():
     table, pairs = R.signature(signature_spec(), "d", "a", [4.0, 8.0])
     # as pruned: MBP low - high = mean(0.9 + 0.01 seed, 0.7) - mean(0.3, 0.3) = 0.5 + 0.005 seed; control 0.3
     # (a report without kappa or the damage-matched control: raw agreement, the same-count control only)
-    assert set(pairs) == {(e, "same-count", "raw agreement") for e in R.SIGNATURE}
+    assert set(pairs) == {(e, "same-count", "raw agreement") for e in signature_table.SIGNATURE}
     mbp, control = pairs["as pruned", "same-count", "raw agreement"][0.9]
     assert mbp == pytest.approx([0.5, 0.505, 0.51]) and control == pytest.approx([0.3, 0.3, 0.3])
     # after recalibration: MBP 0.8 - 0.5 + 0.005 seed = 0.3 + ...; control 0.7 - 0.5 = 0.2
@@ -79,7 +80,7 @@ def test_signature_reads_kappa_and_pairs_the_damage_matched_control_only_within_
                            "matched": seed != 2 or m.endswith("bn")} for r in rows(m, seed, 0.9, radius, low, high,
                                                                                "kappa")]
     table, pairs = R.signature(pd.concat([spec, pd.DataFrame(extra)]), "d", "a", [4.0, 8.0])
-    assert set(pairs) == {(e, c, "Cohen's kappa") for e in R.SIGNATURE for c in ("same-count", "damage-matched")}
+    assert set(pairs) == {(e, c, "Cohen's kappa") for e in signature_table.SIGNATURE for c in ("same-count", "damage-matched")}
     mbp, control = pairs["as pruned", "same-count", "Cohen's kappa"][0.9]
     assert mbp == pytest.approx([0.5, 0.505, 0.51]) and control == pytest.approx([0.3, 0.3, 0.3])
     # seed 2's as-pruned search ended outside its tolerance: shown, not paired
@@ -121,9 +122,9 @@ def cell_rows(ds="synthetic", arch="resnet20", acc=ACC, seeds=SEEDS):
 
 
 def config(archs=("resnet20",), **report):
-    raw = C.merge(C.merged_raw("smoke"), {"grid": {"sparsities": [0.5, 0.9], "seeds": list(SEEDS),
+    raw = loading.merge(loading.merged_raw("smoke"), {"grid": {"sparsities": [0.5, 0.9], "seeds": list(SEEDS),
                                                    "archs": list(archs)}, "report": report})
-    return C.validate(raw)
+    return loading.validate(raw)
 
 
 def rows_of(lines, start):
@@ -132,10 +133,10 @@ def rows_of(lines, start):
 
 def test_a_claim_covers_the_grid_sparsities_from_min_sparsity_unless_it_names_its_own():
     cfg = config()
-    assert CL.claimed_sparsities(cfg, C.ClaimCfg("fourier_kd", "finetune")) == [0.9]
-    assert CL.claimed_sparsities(cfg, C.ClaimCfg("fourier_kd", "finetune", min_sparsity=0.5)) == [0.5, 0.9]
-    assert CL.claimed_sparsities(cfg, C.ClaimCfg("fourier_kd", "finetune", sparsities=[0.5])) == [0.5]
-    assert CL.claimed_sparsities(config(min_sparsity=0.95), C.ClaimCfg("fourier_kd", "finetune")) == []
+    assert CL.claimed_sparsities(cfg, schema.ClaimCfg("fourier_kd", "finetune")) == [0.9]
+    assert CL.claimed_sparsities(cfg, schema.ClaimCfg("fourier_kd", "finetune", min_sparsity=0.5)) == [0.5, 0.9]
+    assert CL.claimed_sparsities(cfg, schema.ClaimCfg("fourier_kd", "finetune", sparsities=[0.5])) == [0.5]
+    assert CL.claimed_sparsities(config(min_sparsity=0.95), schema.ClaimCfg("fourier_kd", "finetune")) == []
 
 
 def test_the_default_claims_are_fourier_kd_against_every_baseline_and_the_controls():
@@ -229,7 +230,7 @@ def test_across_cells_counts_are_holm_corrected_and_every_cell_is_an_intersectio
 def test_the_signature_claim_comes_from_the_paired_difference_with_the_control():
     _, sig = R.signature(signature_spec(), "d", "a", [4.0, 8.0])
     lines = CL.section(pd.DataFrame(cell_rows(ds="d", arch="a")),
-                       C.validate(C.merge(C.merged_raw("smoke"), {"grid": {"datasets": ["synthetic"]}})), {})
+                       loading.validate(loading.merge(loading.merged_raw("smoke"), {"grid": {"datasets": ["synthetic"]}})), {})
     assert not rows_of(lines, f"| {CL.SIGNATURE_CLAIM}")       # cell d/a is not in the grid: nothing
     cfg = config()
     lines = CL.section(pd.DataFrame(cell_rows()), cfg, {("synthetic", "resnet20"): sig})

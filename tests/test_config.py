@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config as C
-from pipeline.config import ROOT
+from pipeline.config.layout import ROOT
 
 from .conftest import cifar10_jpeg_dir, run_stage, write_experiment
+from pipeline.config import loading
+from pipeline import errors
 
 FAST = 60.0     # seconds: generous on a shared 2-core machine; even one training epoch would show up
 
@@ -210,11 +211,11 @@ def test_bad_config_in_process(case, tmp_path):
     """Every case through config.load: a ConfigError naming the key; and the same experiment without the bad
     override loads (so the refusal is for that key and nothing else)."""
     make, key = CASES[case]
-    with pytest.raises(C.ConfigError) as e:
-        C.load(write_experiment(tmp_path, name="t", **make(tmp_path)))
+    with pytest.raises(errors.ConfigError) as e:
+        loading.load(write_experiment(tmp_path, name="t", **make(tmp_path)))
     assert key in str(e.value)
     good = _folder(classes=3)(tmp_path / "ok") if case.startswith("imagefolder") else {}
-    C.load(write_experiment(tmp_path, name="t", **good))
+    loading.load(write_experiment(tmp_path, name="t", **good))
 
 
 # ------------------------------------------------------------------------------------------- positive
@@ -227,6 +228,6 @@ def test_shipped_configs_validate(path, monkeypatch):
     if path is not None and path.stem == "cifar10_jpeg":
         # the validator checks that imagefolder paths exist: skipped without the copy, a failure on CI
         monkeypatch.setenv("CIFAR10_JPEG_DIR", str(cifar10_jpeg_dir()))
-    cfg = C.load(None if path is None else path.stem)
+    cfg = loading.load(None if path is None else path.stem)
     assert cfg.name == ("paper" if path is None else path.stem)
     assert all(ds in cfg.datasets for ds in cfg.grid.datasets)

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import config as C, data as D, io, masks as M, models, train as T
-from pipeline.config import digest
+from pipeline.core import data as D, masks as M, models, train as T
+from pipeline.infra import io
+from pipeline.config.layout import digest
 
 from .conftest import cli, run_stage, write_experiment
+from pipeline.config import loading
 
 SEED = 0
 
@@ -48,7 +50,7 @@ def real(tmp_path_factory):
                   "--seed", SEED, "--data", f["data"], "--out", f["dense"], env=env))
     _ok(run_stage("prune", "--experiment", experiment, "--dataset", "synthetic", "--arch", "resnet20", "--seed", SEED,
                   "--sparsity", 0.9, "--dense", f["dense"], "--out", f["mask"], env=env))
-    f["cfg"] = C.load(experiment)
+    f["cfg"] = loading.load(experiment)
     f["store"] = tmp / "mlruns.db"      # cases share it: a fresh store costs ~3 s of CPU to create
     return f
 
@@ -393,7 +395,7 @@ def test_checkpoint_of_other_parameters_is_refused_not_overwritten(real, tmp_pat
         T.checkpoint_run_id(ckpt, "key-b")
     assert ckpt.read_bytes() == written
     out = T.run(recipe(), models.build("resnet20", 10, 0.25), data, rt, 0, ckpt, "key-a")   # same key: resumes
-    assert out["epochs"] == 1 and len(out["history"]) == 1
+    assert out.epochs == 1 and len(out.history) == 1
 
 
 def test_dataset_description_missing_or_not_json(real, tmp_path):

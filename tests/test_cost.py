@@ -1,9 +1,10 @@
-"""pipeline/cost.py: MACs and nonzero parameters against hand counts."""
+"""pipeline/core/cost.py: MACs and nonzero parameters against hand counts."""
 import pytest
 import torch
 import torch.nn as nn
 
-from pipeline import cost, models
+from pipeline.core import cost, models
+from pipeline.stages import common as jobs
 
 
 class Tiny(nn.Module):
@@ -80,7 +81,7 @@ def test_resnet56_dense_macs_are_the_published_125_million():
 
 
 def test_a_global_mask_at_90_percent_costs_a_tenth_of_the_weights_macs_per_layer():
-    from pipeline import masks as M
+    from pipeline.core import masks as M
     net = models.build("resnet20", 10, 0.25)
     mask = M.global_magnitude(models.prunable(net), 0.9)
     c = cost.count(net, mask)
@@ -97,7 +98,7 @@ def test_a_retrained_model_states_its_cost_and_its_file_in_metrics_and_mlflow(tm
 
     from mlflow.tracking import MlflowClient
 
-    from pipeline import io, stages
+    from pipeline.infra import io
 
     from .conftest import run_stage, write_experiment
     exp = write_experiment(tmp_path, name="t", train={"epochs": 1}, lth={"rewind_epoch": 0}, datasets={"synthetic": {
@@ -113,7 +114,7 @@ def test_a_retrained_model_states_its_cost_and_its_file_in_metrics_and_mlflow(tm
                   "--out", d["model"])):
         p = run_stage(*args, env=env)
         assert p.returncode == 0, p.stderr[-2000:]
-    net, blob = stages.load_model(d["model"])
+    net, blob = jobs.load_model(d["model"])
     want = cost.count(net, blob["masks"])
     got = json.loads(d["model"].with_name("metrics.json").read_text())
     assert {k: got[k] for k in cost.COLUMNS} == cost.metrics(want)

@@ -6,8 +6,10 @@ from collections import Counter
 
 import yaml
 
-from pipeline.config import CHAIN_METHODS, ROOT, load
-from pipeline.dag import PARAMS_FILE, export_dvc, resolved_params, snakemake_jobs
+from pipeline.config.catalog import CHAIN_METHODS
+from pipeline.config.layout import ROOT
+from pipeline.config.loading import load
+from pipeline.planning.dag import PARAMS_FILE, export_dvc, resolved_params, snakemake_jobs
 
 STALE = "stale: python -m pipeline export_dvc --experiment smoke > dvc.yaml"
 

@@ -23,8 +23,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import data as D, frequency as fq, io
-from pipeline.config import ROOT, ConfigError, merge, read_yaml, validate
+from pipeline.core import data as D, frequency as fq
+from pipeline.infra import io
+from pipeline.config.layout import ROOT
+from pipeline.errors import ConfigError
+from pipeline.config.loading import merge, read_yaml, validate
 
 from .conftest import cifar10_jpeg_dir, run_stage, write_experiment
 

@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import CHAIN_METHODS, ROOT
+from pipeline.config.catalog import CHAIN_METHODS
+from pipeline.config.layout import ROOT
 
 from .conftest import make, shell
 
 pytestmark = pytest.mark.slow
 TEACHER = {"kd", "fourier_kd", "fourier_kd_anti", "fourier_kd_shuffled", "fourier_kd_reverse"}      # the methods that read distill.T
-# What spectral_pruned evaluates besides the pruned topology as it is (pipeline/signature.py)
+# What spectral_pruned evaluates besides the pruned topology as it is (pipeline/evaluate/signature.py)
 VARIANTS = {"pruned_bn", "random_mask", "random_mask_bn", "matched_mask", "matched_mask_bn"}
 
 
@@ -257,7 +258,7 @@ def test_prune_exclude_end_to_end(smoke, tmp_path):
     the dense model are reused (prune.exclude is not among their parameters), the rest reruns."""
     mine = smoke.clone(tmp_path / "repo")
     repo, env = mine.repo, mine.env
-    from pipeline.config import merge, read_yaml
+    from pipeline.config.loading import merge, read_yaml
     raw = merge(read_yaml(repo / "configs" / "smoke.yaml"), {"prune": {"exclude": ["fc"]},
                                                              "grid": {"methods": ["finetune"]}})
     (repo / "configs" / "smoke.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -11,11 +11,15 @@ import subprocess
 import pytest
 import torch
 
-from pipeline import config as C, io, jobs, train as T
+from pipeline.config import layout
+from pipeline.infra import io
+from pipeline.stages import common as jobs
+from pipeline.core import train as T
 from pipeline.errors import CorruptFile, NoSpace
 
 from .conftest import write_experiment
 from .test_integrity import TINY, _main
+from pipeline.config import loading
 
 
 @pytest.fixture
@@ -84,8 +88,8 @@ def test_a_damaged_checkpoint_says_delete_it_and_deleting_it_restarts_the_job(tm
     experiment = write_experiment(tmp_path, name="t", datasets=TINY, train={"epochs": 1}, lth={"rewind_epoch": 0})
     data, out = tmp_path / "data.pt", tmp_path / "dense" / "model.pt"
     assert _main(["prepare", "--experiment", experiment, "--dataset", "synthetic", "--out", data])[0] == 0
-    cfg = C.load(experiment)
-    ckpt = jobs.checkpoint(cfg, "dense", jobs.dense_key(cfg, "synthetic", "resnet20", 0,
+    cfg = loading.load(experiment)
+    ckpt = layout.checkpoint(cfg.name, "dense", layout.dense_key(cfg, "synthetic", "resnet20", 0,
                                                        io.read_json(f"{data}.json")["sha256"]))
     io.save({"kind": "checkpoint", "key": "k", "run_id": None, "model": {"w": torch.ones(3)}}, ckpt)
     raw = torch.load(ckpt, weights_only=True)

@@ -1,4 +1,4 @@
-"""The tests' stop points (pipeline/faults.py): a job killed or paused at an exact (round, epoch, step),
+"""The tests' stop points (pipeline/infra/faults.py): a job killed or paused at an exact (round, epoch, step),
 counted here by hand on a tiny training run; the pause happens once; a malformed value is refused. Also the
 suite's random order (tests/conftest.py: --random-order): reproducible, module and class tests kept together."""
 from __future__ import annotations
@@ -13,8 +13,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pipeline import faults, train as T
-from pipeline.config import ROOT
+from pipeline.infra import faults
+from pipeline.core import train as T
+from pipeline.config.layout import ROOT
 
 from . import conftest
 from .conftest import wait_for
@@ -50,7 +51,7 @@ def test_only_the_named_epoch_stops(no_hooks):
 
 
 def test_the_kill_is_a_sigkill(no_hooks, tmp_path):
-    code = "from pipeline import faults\nstep, act = faults.at(0, 1)\nact()\nprint('survived')"
+    code = "from pipeline.infra import faults\nstep, act = faults.at(0, 1)\nact()\nprint('survived')"
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env={"PATH": "/usr/bin:/bin", faults.KILL: "0,1,7"})
     assert p.returncode == -signal.SIGKILL and "survived" not in p.stdout, (p.returncode, p.stderr)

@@ -10,8 +10,9 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline import colors, figures  # noqa: E402
-from pipeline.config import METHODS  # noqa: E402
+from pipeline.config import catalog as colors
+from pipeline.report import figures  # noqa: E402
+from pipeline.config.catalog import METHODS  # noqa: E402
 
 
 def test_every_method_has_its_own_colour_and_unknown_ones_a_fallback():
@@ -86,7 +87,7 @@ def test_heatmap_labels_do_not_overlap(captured, tmp_path):
 def test_the_band_figure_draws_the_proposed_method_its_baselines_and_the_teacher_in_full(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
     import pandas as pd
-    from pipeline import figures
+    from pipeline.report import figures
     rows = [dict(dataset="d", arch="a", sparsity=0.0 if m == "dense" else 0.9, method=m, band=b, radius=r, acc=0.5)
             for m in ("dense", "finetune", "kd", "fourier_kd", "imp", "random_mask") for b in ("low", "high")
             for r in (4.0, 8.0)]

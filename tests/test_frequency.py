@@ -1,4 +1,4 @@
-"""Low-/high-pass filters and the radius curriculum (pipeline/frequency.py), with exact expectations."""
+"""Low-/high-pass filters and the radius curriculum (pipeline/core/frequency.py), with exact expectations."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pipeline import frequency as fq
+from pipeline.core import frequency as fq
 
 SIZE = 32
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import config as C, index, publish
-from pipeline.config import ROOT
+from pipeline.report import index, publish
+from pipeline.config.layout import ROOT
+from pipeline.config import loading
 
 REPORT = """# Report: experiment `x`
 
@@ -114,7 +115,7 @@ def test_publish_regenerates_the_index(tmp_path, monkeypatch):
     src.mkdir()
     for f in publish.FILES:
         (src / f).write_text(REPORT if f == "README.md" else "{}")
-    cfg = C.load("smoke")
+    cfg = loading.load("smoke")
     monkeypatch.setattr(publish, "resolve_path", lambda p: src)
     publish.publish(cfg)
     assert (tmp_path / "results" / "README.md").read_text() == index.index(tmp_path / "results")

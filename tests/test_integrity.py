@@ -18,12 +18,20 @@ import pytest
 import torch
 import yaml
 
-from pipeline import config as C, io, jobs, models, publish, report as R, stages, train as T
+from pipeline.config import layout
+from pipeline.infra import io
+from pipeline.stages import common as jobs
+from pipeline.core import models, train as T
+from pipeline.report import publish, build as R
 from pipeline.__main__ import main
-from pipeline.config import ROOT, read_yaml
+from pipeline.config.layout import ROOT
+from pipeline.config.loading import read_yaml
 from pipeline.errors import Busy, CorruptFile, Diverged
 
 from .conftest import cli, run_stage, write_experiment
+from pipeline.config import loading
+from pipeline import errors
+from pipeline.infra import progress
 
 TINY = {"synthetic": {"source": "synthetic", "classes": 10, "train_size": 160, "val_size": 32, "test_size": 32}}
 
@@ -63,7 +71,7 @@ def _snakemake_dry_run(*args) -> subprocess.CompletedProcess:
 
 
 def _smoke_copy(path: Path, **changes) -> Path:
-    raw = C.merge(read_yaml(ROOT / "configs" / "smoke.yaml"), changes)
+    raw = loading.merge(read_yaml(ROOT / "configs" / "smoke.yaml"), changes)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
@@ -96,13 +104,13 @@ def test_snakefile_plans_the_shipped_experiment():
 def test_check_snakemake_in_process(tmp_path):
     """Snakemake lists the CLI's config files first, then the Snakefile's params.yaml."""
     smoke = ROOT / "configs" / "smoke.yaml"
-    merged = C.merge(read_yaml(ROOT / "params.yaml"), read_yaml(smoke))
-    assert C.check_snakemake(merged, [str(smoke), "params.yaml"]) == C.load("smoke")
-    assert C.check_snakemake(read_yaml(ROOT / "params.yaml"), ["params.yaml"]) == C.load(None)
-    with pytest.raises(C.ConfigError, match="name = 'other' in .*smoke.yaml: must equal the experiment's file name 'smoke'"):
-        C.check_snakemake({**merged, "name": "other"}, [str(smoke), "params.yaml"])
-    with pytest.raises(C.ConfigError, match=r"^retrain.epochs: .* retrain.epochs = 5 vs 2"):
-        C.check_snakemake(C.merge(merged, {"retrain": {"epochs": 5}}), [str(smoke), "params.yaml"])
+    merged = loading.merge(read_yaml(ROOT / "params.yaml"), read_yaml(smoke))
+    assert loading.check_snakemake(merged, [str(smoke), "params.yaml"]) == loading.load("smoke")
+    assert loading.check_snakemake(read_yaml(ROOT / "params.yaml"), ["params.yaml"]) == loading.load(None)
+    with pytest.raises(errors.ConfigError, match="name = 'other' in .*smoke.yaml: must equal the experiment's file name 'smoke'"):
+        loading.check_snakemake({**merged, "name": "other"}, [str(smoke), "params.yaml"])
+    with pytest.raises(errors.ConfigError, match=r"^retrain.epochs: .* retrain.epochs = 5 vs 2"):
+        loading.check_snakemake(loading.merge(merged, {"retrain": {"epochs": 5}}), [str(smoke), "params.yaml"])
 
 
 # ------------------------------------------------------------------------------------ non-finite numbers
@@ -118,8 +126,8 @@ def test_check_snakemake_in_process(tmp_path):
 def test_schema_refuses_non_finite_floats(key, section, value, tmp_path):
     path = write_experiment(tmp_path, name="t", **section)
     assert value in path.read_text().lower().replace(".", "")      # YAML's .inf / .nan reached the file
-    with pytest.raises(C.ConfigError) as e:
-        C.load(path)
+    with pytest.raises(errors.ConfigError) as e:
+        loading.load(path)
     assert str(e.value) == f"{key} = {float(value)!r}: must be a finite number"
 
 
@@ -127,7 +135,7 @@ def test_schema_refuses_non_finite_floats(key, section, value, tmp_path):
 
 
 def _tiny_data():
-    from pipeline import data as D
+    from pipeline.core import data as D
     x, y = D.synthetic(10, 96, 1)
     blob = {"classes": [str(i) for i in range(10)], "train_x": x[:64], "train_y": y[:64], "val_x": x[64:80],
             "val_y": y[64:80], "test_x": x[80:], "test_y": y[80:]}
@@ -181,16 +189,16 @@ def test_a_resumed_job_says_from_which_epoch_and_checkpoint_in_its_log_and_mlflo
     assert _main(["prepare", "--experiment", experiment, "--dataset", "synthetic", "--out", data])[0] == 0
     argv = ["train_dense", "--experiment", experiment, "--dataset", "synthetic", "--arch", "resnet20", "--seed", 0,
             "--data", data, "--out", tmp_path / "out" / "model.pt", "--log", tmp_path / "job.log"]
-    real = stages.Progress.__call__
+    real = progress.Progress.__call__
 
     def stop_in_two(self, done, m):                   # epoch 1 is checkpointed after this call; epoch 2 is not
         real(self, done, m)
         if done == 2:
             raise Diverged("stopped by the test in epoch 2")
-    monkeypatch.setattr(stages.Progress, "__call__", stop_in_two)
+    monkeypatch.setattr(progress.Progress, "__call__", stop_in_two)
     assert _main(argv)[0] == 1
     (ckpt,) = (tmp_path / "runs" / "t" / "checkpoints").glob("dense-*.pt")
-    monkeypatch.setattr(stages.Progress, "__call__", real)
+    monkeypatch.setattr(progress.Progress, "__call__", real)
     code, err = _main(argv)
     assert code == 0, err
     line = f"resumed from epoch 1 of 2 (round 0, epoch 1 of it), checkpoint {ckpt}"
@@ -226,7 +234,7 @@ def test_exclusive_names_the_holder_and_is_released(tmp_path):
         with pytest.raises(Busy, match=f"another copy of this job is running \\(pid {os.getpid()} on "):
             with io.exclusive(ckpt):
                 pass
-        probe = subprocess.run([sys.executable, "-c", "import sys; from pipeline import io\n"
+        probe = subprocess.run([sys.executable, "-c", "import sys; from pipeline.infra import io\n"
                                 "try:\n with io.exclusive(sys.argv[1]): pass\nexcept io.Busy as e: print(e)",
                                 str(ckpt)], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert f"pid {os.getpid()} on" in probe.stdout, probe.stderr
@@ -238,9 +246,9 @@ def test_a_second_copy_of_a_training_job_exits_4_naming_the_first(tmp_path, env)
     experiment = write_experiment(tmp_path, name="t", datasets=TINY)
     data = tmp_path / "data.pt"
     assert _main(["prepare", "--experiment", experiment, "--dataset", "synthetic", "--out", data])[0] == 0
-    cfg = C.load(experiment)
+    cfg = loading.load(experiment)
     sha = io.read_json(f"{data}.json")["sha256"]
-    ckpt = jobs.checkpoint(cfg, "dense", jobs.dense_key(cfg, "synthetic", "resnet20", 0, sha))
+    ckpt = layout.checkpoint(cfg.name, "dense", layout.dense_key(cfg, "synthetic", "resnet20", 0, sha))
     log = tmp_path / "logs" / "dense.log"
     log.parent.mkdir()
     log.write_text("[train_dense t] epoch 1/2 ...\n")        # the running copy's log so far
@@ -288,11 +296,11 @@ def test_train_seconds_add_up_across_processes(tmp_path, monkeypatch):
     resumed = []
     out = T.run(recipe(), models.build("resnet20", 10, 0.25), _tiny_data(), CPU, 0, ckpt, "k", log=log,
                 resumed=lambda *where: resumed.append(where))
-    assert out["seconds"] == 10.0 and out["epochs"] == 2
+    assert out.seconds == 10.0 and out.epochs == 2
     assert resumed == [(1, 0, 1)]            # said once: 1 epoch done, round 0, its epoch 1
     once = T.run(recipe(), models.build("resnet20", 10, 0.25), _tiny_data(), CPU, 0, tmp_path / "u.pt", "k", log=log,
                  resumed=lambda *where: resumed.append(where))
-    assert once["seconds"] == 10.0 and resumed == [(1, 0, 1)]     # a fresh start says nothing
+    assert once.seconds == 10.0 and resumed == [(1, 0, 1)]     # a fresh start says nothing
 
 
 # ----------------------------------------------------------------------------------------------- umask
@@ -319,8 +327,8 @@ def test_outputs_honour_the_umask(umask, mode, tmp_path):
 def test_a_prepared_dataset_is_compared_with_the_checksum_of_its_description(tmp_path):
     """data.load checks the file against the sha256 that prepare wrote beside it: another dataset saved at the
     same path by the pipeline (its own content checksum valid) is refused."""
-    from pipeline import data as D
-    cfg = C.load("smoke")
+    from pipeline.core import data as D
+    cfg = loading.load("smoke")
     path = tmp_path / "data.pt"
     D.prepare(cfg, "synthetic", path)
     assert D.load(path)["sha256"] == io.sha256(path)
@@ -388,8 +396,8 @@ def reported(tmp_path, env, monkeypatch):
     experiment = write_experiment(tmp_path, name="t", datasets=TINY, report={"dir": str(tmp_path / "results")},
                                   grid={"methods": ["finetune"]})
     runs = tmp_path / "runs" / "t"
-    monkeypatch.setattr(R, "_runs", lambda cfg: runs)
-    _fake_runs(runs, C.load(experiment))
+    monkeypatch.setenv("PIPELINE_RUNS", str(runs.parent))       # the report reads runs/<name>/ there
+    _fake_runs(runs, loading.load(experiment))
     code, err = _main(["report", "--experiment", experiment])
     assert code == 0, err
     out = tmp_path / "results"

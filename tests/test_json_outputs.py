@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from pipeline import io, masks as M
+from pipeline.infra import io
+from pipeline.core import masks as M
 from pipeline.errors import CorruptFile
 
 from .test_integrity import _main, reported  # noqa: F401 - the fixture: a report of a fake grid

@@ -1,10 +1,10 @@
-"""Masks (pipeline/masks.py): exact counts, the right weights kept, schedules, compatibility checks."""
+"""Masks (pipeline/core/masks.py): exact counts, the right weights kept, schedules, compatibility checks."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pipeline import masks as M, models
+from pipeline.core import masks as M, models
 
 
 def layers(seed=0) -> dict:

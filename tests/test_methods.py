@@ -1,4 +1,4 @@
-"""Retraining methods (pipeline/methods/) run through the real training loop (pipeline/train.py) on a
+"""Retraining methods (pipeline/methods/) run through the real training loop (pipeline/core/train.py) on a
 quarter-width resnet20 and 64 synthetic images: exact sparsity, masks held after every step, rounds, rewinding,
 the GMP schedule, the random control, the lr schedule, and what the distillation losses feed where."""
 from __future__ import annotations
@@ -9,9 +9,17 @@ import math
 import pytest
 import torch
 
-from pipeline import config, data as D, frequency as fq, io, jobs, masks as M, methods as MT, models, stages, \
-    train as T
-from pipeline.models import prunable
+from pipeline.core import data as D, frequency as fq, masks as M, models, train as T
+from pipeline.infra import io
+from pipeline.stages import common as jobs
+from pipeline.core.models import prunable
+from pipeline.config import catalog
+from pipeline.config import loading
+from pipeline import errors
+from pipeline.methods import base
+from pipeline.methods import distill
+from pipeline.methods import iterative
+from pipeline.methods import registry
 
 S = 0.9                                   # target sparsity
 BATCH, N_TRAIN = 32, 64                   # 2 optimizer steps per epoch
@@ -25,7 +33,7 @@ def replace(cfg, **sections):
 
 # Small everything: 1 dense epoch (lth rounds, lr_rewind), 2 retraining epochs, 2 rounds of 1 epoch for imp
 # (rate 0.7 to S = 0.9: 0.7, then 0.9).
-CFG = replace(config.load("smoke"), train={"epochs": 1, "batch_size": BATCH}, retrain={"epochs": 2},
+CFG = replace(loading.load("smoke"), train={"epochs": 1, "batch_size": BATCH}, retrain={"epochs": 2},
               imp={"rate": 0.7, "epochs_per_round": 1}, lth={"rate": 0.7, "rewind_epoch": 0}, lrr={"rate": 0.7},
               gmp={"start": 0.1, "end": 0.6})
 GMP_CFG = replace(CFG, train={"epochs": 3})        # gmp_epochs(3, 0.1, 0.6) = (0, 2): start, middle, end
@@ -48,7 +56,7 @@ def data() -> T.Data:
     return tiny_data(N_TRAIN, 16, 16)
 
 
-def context(cfg=CFG) -> MT.Context:
+def context(cfg=CFG) -> base.Context:
     """The dense network ('trained' = seed 1), its global MBP mask at S, the initialisation (seed 0) saved at
     epoch 0, and the dense network as teacher (frozen, eval mode, as the retrain stage sets it)."""
     dense = {k: v.clone() for k, v in net(seed=1).state_dict().items()}
@@ -56,7 +64,7 @@ def context(cfg=CFG) -> MT.Context:
     for p in teacher.parameters():
         p.requires_grad_(False)
     mask = M.global_magnitude(prunable(net(seed=1)), S)
-    return MT.Context(cfg, S, 0, dense, mask, {0: net(seed=0).state_dict()}, teacher, arch="resnet20")
+    return base.Context(cfg, S, 0, dense, mask, {0: net(seed=0).state_dict()}, teacher, arch="resnet20")
 
 
 def instrument(recipe: T.Recipe) -> dict:
@@ -101,7 +109,7 @@ def trained(data, tmp_path_factory):
     def get(method):
         if method not in _RUNS:
             ctx = context(GMP_CFG if method == "gmp" else CFG)
-            recipe = MT.METHODS[method](ctx)
+            recipe = registry.METHODS[method](ctx)
             log = instrument(recipe)
             res = T.run(recipe, net(seed=0), data, RT, seed=0, ckpt=folder / f"{method}.pt", key=method)
             _RUNS[method] = (res, log, ctx)
@@ -118,11 +126,11 @@ def exact_sparsity(s: float, n: int) -> float:
     return 1.0 - (n - round(s * n)) / n
 
 
-ALL = sorted(MT.METHODS)
+ALL = sorted(registry.METHODS)
 
 
 def test_registry_covers_the_config_methods():
-    assert set(MT.METHODS) == set(config.METHODS) == set(config.METHOD_PARAMS)
+    assert set(registry.METHODS) == set(catalog.METHODS) == set(catalog.METHOD_PARAMS)
 
 
 # ------------------------------------------------------------------------------------ every method
@@ -131,10 +139,10 @@ def test_registry_covers_the_config_methods():
 @pytest.mark.parametrize("method", ALL)
 def test_final_sparsity_is_exact_weight_by_weight(trained, method):
     res, _, _ = trained(method)
-    w = {n: p.detach() for n, p in prunable(res["model"]).items()}
-    assert set(res["masks"]) == set(w)
+    w = {n: p.detach() for n, p in prunable(res.model).items()}
+    assert set(res.masks) == set(w)
     for n, p in w.items():
-        assert torch.equal(p == 0, ~res["masks"][n]), n        # zero exactly where pruned, nowhere else
+        assert torch.equal(p == 0, ~res.masks[n]), n        # zero exactly where pruned, nowhere else
     if method in ("finetune_layerwise", "gmp"):              # gmp.scope: layer (the default, Zhu & Gupta)
         assert {n: int((p == 0).sum()) for n, p in w.items()} == {n: round(S * p.numel()) for n, p in w.items()}
     else:
@@ -144,34 +152,34 @@ def test_final_sparsity_is_exact_weight_by_weight(trained, method):
 @pytest.mark.parametrize("method", ALL)
 def test_pruned_weights_are_zero_after_every_step(trained, method):
     res, log, _ = trained(method)
-    assert log["steps"] == res["epochs"] * (N_TRAIN // BATCH)   # the check ran at every step
+    assert log["steps"] == res.epochs * (N_TRAIN // BATCH)   # the check ran at every step
     assert log["unmasked_steps"] == 0
     assert log["violations"] == 0
 
 
-@pytest.mark.parametrize("method", (*MT.EQUAL_BUDGET, "lr_rewind", "reinit"))
+@pytest.mark.parametrize("method", (*catalog.EQUAL_BUDGET, "lr_rewind", "reinit"))
 def test_one_shot_methods_spend_their_budget(trained, method):
     res, _, _ = trained(method)
     expected = CFG.train.epochs if method in ("lr_rewind", "reinit") else CFG.retrain.epochs
-    assert res["epochs"] == expected and [h["round"] for h in res["history"]] == [0] * expected
+    assert res.epochs == expected and [h["round"] for h in res.history] == [0] * expected
 
 
 @pytest.mark.parametrize("method", ["finetune", "kd", "fourier_kd", "fourier_kd_anti", "fourier_kd_shuffled",
                                     "fourier_kd_reverse", "freq_ce", "lr_rewind", "reinit"])
 def test_mbp_methods_keep_the_given_mask(trained, method):
     res, _, ctx = trained(method)
-    assert all(torch.equal(res["masks"][n], ctx.mask[n]) for n in ctx.mask)
+    assert all(torch.equal(res.masks[n], ctx.mask[n]) for n in ctx.mask)
 
 
 def test_random_matches_mbp_per_layer_counts_not_its_pattern(trained):
     res, _, ctx = trained("random")
-    assert {n: int((~m).sum()) for n, m in res["masks"].items()} == {n: int((~m).sum()) for n, m in ctx.mask.items()}
-    assert any(not torch.equal(res["masks"][n], ctx.mask[n]) for n in ctx.mask)
+    assert {n: int((~m).sum()) for n, m in res.masks.items()} == {n: int((~m).sum()) for n, m in ctx.mask.items()}
+    assert any(not torch.equal(res.masks[n], ctx.mask[n]) for n in ctx.mask)
     # the mask comes from the model's seed: the same seed gives the same mask, another seed another one
-    again = MT.METHODS["random"](ctx).rounds[0].begin(net(seed=3), None)
-    other = MT.METHODS["random"](dataclasses.replace(ctx, seed=ctx.seed + 1)).rounds[0].begin(net(seed=3), None)
-    assert all(torch.equal(res["masks"][n], again[n]) for n in ctx.mask)
-    assert sum(not torch.equal(res["masks"][n], other[n]) for n in ctx.mask) >= len(ctx.mask) // 2
+    again = registry.METHODS["random"](ctx).rounds[0].begin(net(seed=3), None)
+    other = registry.METHODS["random"](dataclasses.replace(ctx, seed=ctx.seed + 1)).rounds[0].begin(net(seed=3), None)
+    assert all(torch.equal(res.masks[n], again[n]) for n in ctx.mask)
+    assert sum(not torch.equal(res.masks[n], other[n]) for n in ctx.mask) >= len(ctx.mask) // 2
 
 
 def test_fourier_kd_logs_its_radius_schedule(trained):
@@ -181,7 +189,7 @@ def test_fourier_kd_logs_its_radius_schedule(trained):
                 for e in range(2)]
     assert expected[-1] == math.inf, "the smoke schedule reaches the full band in its last epoch"
     # the history (and MLflow) write the full band as the corner radius of a 32x32 spectrum, hypot(16, 16)
-    assert [h["radius"] for h in res["history"]] == [math.hypot(16, 16) if math.isinf(r) else r for r in expected]
+    assert [h["radius"] for h in res.history] == [math.hypot(16, 16) if math.isinf(r) else r for r in expected]
 
 
 # ---------------------------------------------------------------------------------- iterative methods
@@ -193,16 +201,16 @@ def test_fourier_kd_logs_its_radius_schedule(trained):
                                                      ("lrr", CFG.train.epochs)])
 def test_iterative_methods_reach_the_target_in_the_planned_rounds(trained, method, epochs_per_round):
     res, _, _ = trained(method)
-    assert res["epochs"] == 2 * epochs_per_round               # rate 0.7 to 0.9: two rounds, to 0.7 and 0.9
-    assert [h["round"] for h in res["history"]] == [r for r in range(2) for _ in range(epochs_per_round)]
-    n = total(res["masks"])
-    assert [h["sparsity"] for h in res["history"]] == [
+    assert res.epochs == 2 * epochs_per_round               # rate 0.7 to 0.9: two rounds, to 0.7 and 0.9
+    assert [h["round"] for h in res.history] == [r for r in range(2) for _ in range(epochs_per_round)]
+    n = total(res.masks)
+    assert [h["sparsity"] for h in res.history] == [
         exact_sparsity(t, n) for t in (0.7, 0.9) for _ in range(epochs_per_round)]
 
 
 def test_lth_begin_rewinds_survivors_to_the_saved_weights():
     ctx = context()
-    recipe = MT.METHODS["lth"](ctx)
+    recipe = registry.METHODS["lth"](ctx)
     rewind = ctx.snapshots[CFG.lth.rewind_epoch]
     model = net(seed=5)
     masks = None
@@ -248,12 +256,12 @@ def test_lr_at_every_epoch():
 
 @pytest.mark.parametrize("method,k", [("lth", 3), ("lth_init", 0)])
 def test_lth_rounds_resume_the_dense_schedule_at_the_rewind_epoch(method, k):
-    cfg = config.load()                                           # the paper: 160 epochs, drops at 80 and 120
+    cfg = loading.load()                                           # the paper: 160 epochs, drops at 80 and 120
     assert cfg.lth.rewind_epoch == 3 and 3 in cfg.train.save_epochs and 0 in cfg.train.save_epochs
-    ctx = MT.Context(cfg, S, 0, {}, {}, {0: {}, 3: {}})
-    rounds = MT.METHODS[method](ctx).rounds
+    ctx = base.Context(cfg, S, 0, {}, {}, {0: {}, 3: {}})
+    rounds = registry.METHODS[method](ctx).rounds
     # rate 0.2 to 0.9 alone: 0.8^10 = 0.107 keeps more than 0.1, so ten rounds of 20% and an eleventh lands
-    assert len(rounds) == 11 and MT.rewind_epoch(cfg, method) == k
+    assert len(rounds) == 11 and catalog.rewind_epoch(cfg, method) == k
     for r in rounds:
         assert (r.epochs, r.schedule_offset, r.schedule_epochs) == (160 - k, k, 160)
         lrs = [T.lr_at(r, e) for e in range(r.epochs)]
@@ -267,16 +275,16 @@ def test_lth_rounds_resume_the_dense_schedule_at_the_rewind_epoch(method, k):
 
 
 def test_gmp_epochs():
-    assert MT.gmp_epochs(160, 0.1, 0.6) == (16, 96)
-    assert MT.gmp_epochs(3, 0.1, 0.6) == (0, 2)
-    assert MT.gmp_epochs(10, 0.1, 1.0) == (1, 9)               # the target is reached by the last epoch
-    assert MT.gmp_epochs(1, 0.1, 0.6) == (0, 0)                # one epoch: the target mask from the start
-    assert MT.gmp_epochs(100, 0.29, 0.6) == (29, 60)           # 0.29 * 100 is 28.999999999999996 in floats
+    assert iterative.gmp_epochs(160, 0.1, 0.6) == (16, 96)
+    assert iterative.gmp_epochs(3, 0.1, 0.6) == (0, 2)
+    assert iterative.gmp_epochs(10, 0.1, 1.0) == (1, 9)               # the target is reached by the last epoch
+    assert iterative.gmp_epochs(1, 0.1, 0.6) == (0, 0)                # one epoch: the target mask from the start
+    assert iterative.gmp_epochs(100, 0.29, 0.6) == (29, 60)           # 0.29 * 100 is 28.999999999999996 in floats
 
 
 def test_gmp_follows_the_cubic_schedule_in_every_layer(trained):
     res, log, _ = trained("gmp")
-    e0, e1 = MT.gmp_epochs(GMP_CFG.train.epochs, GMP_CFG.gmp.start, GMP_CFG.gmp.end)
+    e0, e1 = iterative.gmp_epochs(GMP_CFG.train.epochs, GMP_CFG.gmp.start, GMP_CFG.gmp.end)
     assert (e0, e1) == (0, 2) and GMP_CFG.gmp.scope == "layer"
     # start 0, middle 0.9 * (1 - (1/2)^3) = 0.7875, end 0.9; Zhu & Gupta: EVERY layer at s_t, exact counts
     steps = (0.0, 0.9 * (1 - 0.5 ** 3), 0.9)
@@ -285,8 +293,8 @@ def test_gmp_follows_the_cubic_schedule_in_every_layer(trained):
     assert len(masks) == 3
     for s, m in zip(steps, masks):
         assert {n: int((~k).sum()) for n, k in m.items()} == {n: round(s * k.numel()) for n, k in m.items()}
-    n = total(res["masks"])
-    assert [h["sparsity"] for h in res["history"]] == [
+    n = total(res.masks)
+    assert [h["sparsity"] for h in res.history] == [
         1.0 - sum(k.numel() - round(s * k.numel()) for k in m.values()) / n for s, m in zip(steps, masks)]
     for a, b in zip(masks, masks[1:]):                         # gradual pruning never revives a weight
         assert all(not (b[k] & ~a[k]).any() for k in a)
@@ -294,17 +302,17 @@ def test_gmp_follows_the_cubic_schedule_in_every_layer(trained):
 
 def test_gmp_global_scope_prunes_against_one_threshold(data, tmp_path):
     cfg = replace(GMP_CFG, gmp={"scope": "global"})
-    recipe = MT.METHODS["gmp"](context(cfg))
+    recipe = registry.METHODS["gmp"](context(cfg))
     log = instrument(recipe)
     res = T.run(recipe, net(seed=0), data, RT, seed=0, ckpt=tmp_path / "g.pt", key="g")
-    n = total(res["masks"])
-    assert [h["sparsity"] for h in res["history"]] == [exact_sparsity(s, n) for s in (0.0, 0.7875, 0.9)]
+    n = total(res.masks)
+    assert [h["sparsity"] for h in res.history] == [exact_sparsity(s, n) for s in (0.0, 0.7875, 0.9)]
     last = log["epoch_masks"][-1]
     # one threshold: the layers end at different sparsities (the first conv keeps more than the average)
     layer = {k: 1 - m.float().mean().item() for k, m in last.items()}
     assert max(layer.values()) - min(layer.values()) > 0.1
-    with pytest.raises(config.ConfigError, match="gmp.scope"):
-        config.validate(config.merge(config.merged_raw("smoke"), {"gmp": {"scope": "block"}}))
+    with pytest.raises(errors.ConfigError, match="gmp.scope"):
+        loading.validate(loading.merge(loading.merged_raw("smoke"), {"gmp": {"scope": "block"}}))
 
 
 # ------------------------------------------------------------------------------------------------- kd
@@ -343,7 +351,7 @@ def test_fourier_kd_feeds_the_filtered_batch_to_teacher_and_kl_the_unfiltered_to
     ctx = dataclasses.replace(context(), teacher=teacher)
     d = CFG.distill
     x, y = _batch()
-    loss, logits, r = MT.METHODS[method](ctx).loss(student, x, y, 0, data.normalize)
+    loss, logits, r = registry.METHODS[method](ctx).loss(student, x, y, 0, data.normalize)
     top = math.hypot(16, 16)
     assert r == (d.radius_start if band == "low" else top - d.radius_start)   # epoch 0 of the schedule
     filtered = data.normalize(fq.lowpass(x, r) if band == "low" else fq.highpass(x, r))
@@ -365,7 +373,7 @@ def test_kd_and_fourier_kd_at_the_full_band_make_one_student_pass_on_the_unfilte
     teacher, student = Recorder(1), Recorder(2)
     ctx = dataclasses.replace(context(), teacher=teacher)
     x, y = _batch()
-    loss, logits, r = MT.METHODS[method](ctx).loss(student, x, y, epoch, data.normalize)
+    loss, logits, r = registry.METHODS[method](ctx).loss(student, x, y, epoch, data.normalize)
     assert math.isinf(r)                                     # kd: no schedule; fourier_kd: epoch 1 is the full band
     assert [torch.equal(c[0], data.normalize(x)) for c in teacher.calls + student.calls] == [True, True]
     expected = _kd_by_hand(teacher.calls[0][1], logits, logits, y, CFG.distill.T, CFG.distill.alpha)
@@ -382,7 +390,7 @@ def test_freq_ce_differs_from_fourier_kd_only_in_the_teachers_term(data):
     for method in ("fourier_kd", "freq_ce"):
         teacher, student = Recorder(1), Recorder(2)
         ctx = dataclasses.replace(context(), teacher=teacher)
-        runs[method] = (MT.METHODS[method](ctx).loss(student, x, y, 0, data.normalize), teacher, student)
+        runs[method] = (registry.METHODS[method](ctx).loss(student, x, y, 0, data.normalize), teacher, student)
     (l_kd, logits_kd, r_kd), teacher, s_kd = runs["fourier_kd"]
     (l_ce, logits_ce, r_ce), unused, s_ce = runs["freq_ce"]
     assert r_kd == r_ce == d.radius_start and unused.calls == [] and len(teacher.calls) == 1
@@ -404,7 +412,7 @@ def test_freq_ce_differs_from_fourier_kd_only_in_the_teachers_term(data):
 def test_freq_ce_at_the_full_band_is_plain_cross_entropy_in_one_pass(data):
     student = Recorder(2)
     x, y = _batch()
-    loss, logits, r = MT.METHODS["freq_ce"](context()).loss(student, x, y, 1, data.normalize)
+    loss, logits, r = registry.METHODS["freq_ce"](context()).loss(student, x, y, 1, data.normalize)
     assert math.isinf(r) and len(student.calls) == 1 and torch.equal(student.calls[0][0], data.normalize(x))
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits.double(), y).item(), rel=1e-6)
 
@@ -418,7 +426,7 @@ def test_distill_filtered_says_which_network_sees_the_filtered_batch(data, filte
     cfg = replace(CFG, distill={"filtered": filtered})
     ctx = dataclasses.replace(context(cfg), teacher=teacher)
     x, y = _batch()
-    loss, logits, r = MT.METHODS["fourier_kd"](ctx).loss(student, x, y, 0, data.normalize)
+    loss, logits, r = registry.METHODS["fourier_kd"](ctx).loss(student, x, y, 0, data.normalize)
     batch = {"filtered": data.normalize(fq.lowpass(x, r)), "unfiltered": data.normalize(x)}
     assert r == CFG.distill.radius_start and len(teacher.calls) == 1
     assert torch.equal(teacher.calls[0][0], batch[teacher_sees])
@@ -431,16 +439,16 @@ def test_distill_filtered_says_which_network_sees_the_filtered_batch(data, filte
 
 
 def test_distill_filtered_is_checked():
-    raw = config.merged_raw("smoke")
+    raw = loading.merged_raw("smoke")
     raw["distill"]["filtered"] = "neither"
-    with pytest.raises(config.ConfigError, match="distill.filtered = 'neither'"):
-        config.validate(raw)
+    with pytest.raises(errors.ConfigError, match="distill.filtered = 'neither'"):
+        loading.validate(raw)
 
 
 def _radii(method, cfg, seed=0):
     """The radius each epoch of `method`'s recipe filters with (what its loss reports, epoch by epoch)."""
     ctx = dataclasses.replace(context(cfg), teacher=Recorder(1), seed=seed)
-    loss = MT.METHODS[method](ctx).loss
+    loss = registry.METHODS[method](ctx).loss
     x, y = _batch()
     return [loss(Recorder(2), x, y, e, lambda v: v)[2] for e in range(cfg.retrain.epochs)]
 
@@ -470,7 +478,7 @@ def test_kd_recipe_equals_fourier_kd_recipe_once_the_schedule_is_full(data):
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 4, (8,), generator=g)
     student = net(seed=0).eval()
-    kd, fkd = MT.METHODS["kd"](ctx).loss, MT.METHODS["fourier_kd"](ctx).loss
+    kd, fkd = registry.METHODS["kd"](ctx).loss, registry.METHODS["fourier_kd"](ctx).loss
     full = math.ceil(CFG.distill.full_band_at * CFG.retrain.epochs)
     assert torch.equal(kd(student, x, y, full, data.normalize)[0], fkd(student, x, y, full, data.normalize)[0])
     # ... and not before: at epoch 0 the teacher sees a low-passed batch (so the check above is not vacuous)
@@ -483,7 +491,7 @@ def test_kd_loss_is_the_paper_formula(data):
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 4, (8,), generator=g)
     student = net(seed=0).eval()
-    loss, logits, _ = MT.kd_loss(ctx.teacher, 4.0, 0.9)(student, x, y, 0, data.normalize)
+    loss, logits, _ = distill.kd_loss(ctx.teacher, 4.0, 0.9)(student, x, y, 0, data.normalize)
     s, t = logits.double(), ctx.teacher(data.normalize(x)).double()
     p_t = torch.softmax(t / 4, 1)
     kl = (p_t * (torch.log_softmax(t / 4, 1) - torch.log_softmax(s / 4, 1))).sum(1).mean()
@@ -508,28 +516,28 @@ def test_checkpointed_run_deletes_nothing_and_resumes_without_training(data, tmp
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b)
     ckpt = tmp_path / "runs" / "ck.pt"
-    res = T.run(MT.METHODS["finetune"](ctx), net(), data, RT, seed=0, ckpt=ckpt, key="k")
+    res = T.run(registry.METHODS["finetune"](ctx), net(), data, RT, seed=0, ckpt=ckpt, key="k")
     assert all(p.read_bytes() == b for p, b in keep.items())                # nothing else touched
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["ck.pt"]       # no temp files left behind
     state = io.load(ckpt, "checkpoint", keys=("key", "round", "epoch"))
     assert (state["key"], state["round"], state["epoch"]) == ("k", 0, CFG.retrain.epochs)
 
     # Resuming a finished checkpoint trains nothing and gives back the same model, masks and history.
-    recipe = MT.METHODS["finetune"](ctx)
+    recipe = registry.METHODS["finetune"](ctx)
     log = instrument(recipe)
     again = T.run(recipe, net(), data, RT, seed=0, ckpt=ckpt, key="k")
-    assert log["steps"] == 0 and again["history"] == res["history"] and again["epochs"] == res["epochs"]
-    a, b = res["model"].state_dict(), again["model"].state_dict()
+    assert log["steps"] == 0 and again.history == res.history and again.epochs == res.epochs
+    a, b = res.model.state_dict(), again.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert all(torch.equal(res["masks"][n], again["masks"][n]) for n in res["masks"])
+    assert all(torch.equal(res.masks[n], again.masks[n]) for n in res.masks)
 
 
 def test_checkpoint_of_other_parameters_is_refused_not_overwritten(data, tmp_path):
     ckpt = tmp_path / "ck.pt"
-    T.run(MT.METHODS["finetune"](context()), net(), data, RT, seed=0, ckpt=ckpt, key="k")
+    T.run(registry.METHODS["finetune"](context()), net(), data, RT, seed=0, ckpt=ckpt, key="k")
     before = ckpt.read_bytes()
     with pytest.raises(io.CorruptFile, match="other parameters"):
-        T.run(MT.METHODS["finetune"](context()), net(), data, RT, seed=0, ckpt=ckpt, key="other")
+        T.run(registry.METHODS["finetune"](context()), net(), data, RT, seed=0, ckpt=ckpt, key="other")
     assert ckpt.read_bytes() == before
 
 
@@ -542,12 +550,12 @@ def test_finishing_a_stage_removes_only_its_checkpoint(trained, data, tmp_path):
     for p, b in inputs.items():
         p.write_bytes(b)
     out = tmp_path / "finetune" / "model.pt"
-    jobs.finish(CFG, _NoRun(), res, data, RT, str(out), "resnet20", ckpt, 1.0, "k")
+    jobs.finish(CFG, _NoRun(), res, data, RT, str(out), "resnet20", "k", ckpt)
     assert not ckpt.exists()
     assert all(p.read_bytes() == b for p, b in inputs.items())
     assert sorted(p.name for p in out.parent.iterdir()) == ["metrics.json", "model.pt"]
     # the output holds the pruned model and its masks, exactly
     loaded, blob = jobs.load_model(out, expect={"arch": "resnet20", "job": "k"})
     for n, m in blob["masks"].items():
-        assert torch.equal(m, res["masks"][n])
+        assert torch.equal(m, res.masks[n])
         assert torch.equal(loaded.state_dict()[n] == 0, ~m)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from pipeline import colors
-from pipeline.config import load
-from pipeline.tracking import COMPARE_FILTER, Run, run_name
+from pipeline.config import catalog as colors
+from pipeline.config.loading import load
+from pipeline.infra.tracking import COMPARE_FILTER, Run, run_name
 
 CELL = {"dataset": "synthetic", "arch": "resnet20", "seed": 0, "sparsity": 0.9}
 
@@ -49,7 +49,7 @@ def test_a_run_left_running_by_a_killed_job_is_marked_killed_when_the_job_starts
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     # A job killed while running: its process exits without closing its run (os._exit: no cleanup).
     killed = subprocess.run([sys.executable, "-c", (
-        "import os\nfrom pipeline.config import load\nfrom pipeline.tracking import Run\n"
+        "import os\nfrom pipeline.config.loading import load\nfrom pipeline.infra.tracking import Run\n"
         f"r = Run(load('smoke'), 'prune', {CELL!r}, {{}})\nprint(r.run_id, os.getpid())\nos._exit(9)")],
         env=env, capture_output=True, text=True, timeout=300)
     dead, pid = killed.stdout.split()
@@ -69,7 +69,7 @@ def test_a_run_left_running_by_a_killed_job_is_marked_killed_when_the_job_starts
 
 
 def test_two_clones_sharing_a_store_do_not_supersede_each_other(env, monkeypatch):
-    from pipeline import tracking
+    from pipeline.infra import tracking
     cfg = load("smoke")
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     here = tracking.ROOT

@@ -1,4 +1,4 @@
-"""The networks (pipeline/models.py) against the published ones, counted by hand.
+"""The networks (pipeline/core/models.py) against the published ones, counted by hand.
 
 ResNet-20 / ResNet-56 for CIFAR (He et al. 2016, section 4.2: 6n + 2 layers, 16/32/64 filters, option A
 shortcuts: identity, stride-2 subsampling and zero-padded channels, no parameters): published as 0.27M and
@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pipeline import models
+from pipeline.core import models
 
 PARAMS = {"resnet20": 269_722, "resnet56": 853_018, "vgg16_bn": 14_724_042}
 # prunable: every conv and linear weight, no bias, no batch norm

@@ -14,9 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import io, preflight, publish as P
-from pipeline.config import ROOT, ConfigError, merge, read_yaml, report_build
-from pipeline.dag import snakemake_jobs
+from pipeline.infra import io
+from pipeline import preflight
+from pipeline.report import publish as P
+from pipeline.config.layout import ROOT, report_build
+from pipeline.errors import ConfigError
+from pipeline.config.loading import merge, read_yaml
+from pipeline.planning.dag import snakemake_jobs
 
 from .conftest import copy_env, make, project_copy, run_stage, shell, write_experiment
 

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-from pipeline import config as C, plan as P
+from pipeline.planning import budget
+from pipeline.planning import plan as P
 
 from .conftest import run_stage
+from pipeline.config import loading
 
 # A hand-made measurement (img/s per arch and kind of step), as benchmarks/gpu_check.py writes it.
 RATES = {"resnet20": {"dense": 1024, "masked": 2048, "kd": 512, "fourier_kd": 256, "eval": 8192}}
@@ -17,32 +19,32 @@ RATES = {"resnet20": {"dense": 1024, "masked": 2048, "kd": 512, "fourier_kd": 25
 def test_heatmap_pairs_is_the_count_of_conjugate_pairs():
     # 32 x 32 centred frequencies: 4 are their own conjugate ((0,0), (0,16), (16,0), (16,16)), the other
     # 1,020 pair up: 4 + 510 = 514 evaluations.
-    assert P.heatmap_pairs(32) == 514
-    assert P.heatmap_pairs(4) == 4 + (16 - 4) // 2
+    assert budget.heatmap_pairs(32) == 514
+    assert budget.heatmap_pairs(4) == 4 + (16 - 4) // 2
 
 
 def test_epochs_per_method_follow_the_recipes():
-    cfg = C.load("smoke")        # retrain 2 epochs, full band at 0.5, imp/lth/lrr 2 rounds (rate 0.7 to 0.9), dense 2
-    assert P.method_epochs(cfg, "finetune") == [("masked", 2)]
-    assert P.method_epochs(cfg, "kd") == [("kd", 2)]
-    assert P.method_epochs(cfg, "fourier_kd") == [("fourier_kd", 1), ("kd", 1)]
-    assert P.method_epochs(cfg, "imp") == [("masked", 2)]
-    assert P.method_epochs(cfg, "lth") == [("masked", 2 * (2 - cfg.lth.rewind_epoch))]
-    assert P.method_epochs(cfg, "gmp") == [("masked", 2)]
-    assert P.method_epochs(cfg, "lrr") == [("masked", 2 * 2)] and P.method_epochs(cfg, "reinit") == [("masked", 2)]
-    paper = C.load(None)         # 160 dense epochs, 40 retraining, full band at 0.7 -> epoch ceil(28) = 28
-    assert P.method_epochs(paper, "fourier_kd") == [("fourier_kd", 28), ("kd", 12)]
+    cfg = loading.load("smoke")        # retrain 2 epochs, full band at 0.5, imp/lth/lrr 2 rounds (rate 0.7 to 0.9), dense 2
+    assert budget.method_epochs(cfg, "finetune") == [("masked", 2)]
+    assert budget.method_epochs(cfg, "kd") == [("kd", 2)]
+    assert budget.method_epochs(cfg, "fourier_kd") == [("fourier_kd", 1), ("kd", 1)]
+    assert budget.method_epochs(cfg, "imp") == [("masked", 2)]
+    assert budget.method_epochs(cfg, "lth") == [("masked", 2 * (2 - cfg.lth.rewind_epoch))]
+    assert budget.method_epochs(cfg, "gmp") == [("masked", 2)]
+    assert budget.method_epochs(cfg, "lrr") == [("masked", 2 * 2)] and budget.method_epochs(cfg, "reinit") == [("masked", 2)]
+    paper = loading.load(None)         # 160 dense epochs, 40 retraining, full band at 0.7 -> epoch ceil(28) = 28
+    assert budget.method_epochs(paper, "fourier_kd") == [("fourier_kd", 28), ("kd", 12)]
     # rate 0.2: 18 rounds to 0.98 alone; the chain through the 5 sparsities 22 (tests/test_chains.py)
-    assert P.method_epochs(paper, "imp") == [("masked", 18 * 40)]
-    assert P.method_epochs(paper, "imp", paper.grid.sparsities) == [("masked", 22 * 40)]
-    assert P.method_epochs(paper, "lth", paper.grid.sparsities) == [("masked", 22 * 157)]
-    assert P.method_epochs(paper, "lrr", paper.grid.sparsities) == [("masked", 22 * 160)]
-    assert P.method_epochs(paper, "reinit") == [("masked", 160)]
-    assert P.method_epochs(paper, "lr_rewind") == [("masked", 160)]
+    assert budget.method_epochs(paper, "imp") == [("masked", 18 * 40)]
+    assert budget.method_epochs(paper, "imp", paper.grid.sparsities) == [("masked", 22 * 40)]
+    assert budget.method_epochs(paper, "lth", paper.grid.sparsities) == [("masked", 22 * 157)]
+    assert budget.method_epochs(paper, "lrr", paper.grid.sparsities) == [("masked", 22 * 160)]
+    assert budget.method_epochs(paper, "reinit") == [("masked", 160)]
+    assert budget.method_epochs(paper, "lr_rewind") == [("masked", 160)]
     for m in paper.grid.methods:             # every method the grid may name has a cost model
-        assert sum(e for _, e in P.method_epochs(paper, m)) > 0
+        assert sum(e for _, e in budget.method_epochs(paper, m)) > 0
     with pytest.raises(KeyError, match="magic"):
-        P.method_epochs(paper, "magic")
+        budget.method_epochs(paper, "magic")
 
 
 def test_epochs_of_the_curriculum_controls():
@@ -50,22 +52,22 @@ def test_epochs_of_the_curriculum_controls():
     fourier_kd's two student passes (priced as that step, an upper bound: no teacher) and one CE pass at the
     full band; with distill.filtered = teacher the student runs once: kd steps throughout."""
     import dataclasses
-    paper = C.load(None)
+    paper = loading.load(None)
     for m in ("fourier_kd_anti", "fourier_kd_shuffled", "fourier_kd_reverse"):
-        assert P.method_epochs(paper, m) == [("fourier_kd", 28), ("kd", 12)]
-    assert P.method_epochs(paper, "freq_ce") == [("fourier_kd", 28), ("masked", 12)]
+        assert budget.method_epochs(paper, m) == [("fourier_kd", 28), ("kd", 12)]
+    assert budget.method_epochs(paper, "freq_ce") == [("fourier_kd", 28), ("masked", 12)]
     teacher_only = dataclasses.replace(paper, distill=dataclasses.replace(paper.distill, filtered="teacher"))
-    assert P.method_epochs(teacher_only, "fourier_kd_anti") == [("kd", 40)]
-    assert P.method_epochs(teacher_only, "freq_ce") == [("fourier_kd", 28), ("masked", 12)]
+    assert budget.method_epochs(teacher_only, "fourier_kd_anti") == [("kd", 40)]
+    assert budget.method_epochs(teacher_only, "freq_ce") == [("fourier_kd", 28), ("masked", 12)]
 
 
 def test_split_sizes():
-    assert P.split_sizes(C.load("smoke"), "synthetic") == (1152 - 128, 256)
-    assert P.split_sizes(C.load(None), "cifar10") == (45000, 10000)
+    assert budget.split_sizes(loading.load("smoke"), "synthetic") == (1152 - 128, 256)
+    assert budget.split_sizes(loading.load(None), "cifar10") == (45000, 10000)
 
 
 def test_estimate_counts_images_and_hours_per_job():
-    cfg = C.load("smoke")
+    cfg = loading.load("smoke")
     rows = P.estimate(cfg, "smoke", {"img_per_s": RATES})
     per_epoch = 1024                                          # 1152 synthetic images - 128 held out
     assert rows["dense"]["images"] == 2 * per_epoch and rows["dense"]["seconds"] == pytest.approx(2.0)
@@ -80,7 +82,7 @@ def test_estimate_counts_images_and_hours_per_job():
     # the pruning signature (one job): teacher + 6 variants' bands, the heat map, recalibration on
     # min(20 x 512, 1024) = 1024 images 2 + 15 times (12 steps + 3), full-band passes 2 x 15 x 256
     signature = 7 * 2 * 8 * 256 + 16 * 514 + 17 * 1024 + 2 * 15 * 256
-    assert P.signature_images(cfg, 1024, 256) == signature == 61984
+    assert budget.signature_images(cfg, 1024, 256) == signature == 61984
     n_with = spec["jobs"] - 2                                  # the dense model's job has no teacher
     assert spec["images"] == no_teacher + n_with * with_teacher + signature
     assert spec["seconds"] == pytest.approx(spec["images"] / 8192)
@@ -107,7 +109,7 @@ def test_plan_cli_prints_rows_and_says_what_is_not_measured(tmp_path, env):
 
 
 def test_plan_without_a_measurement_says_unknown_not_zero():
-    out = P.plan(C.load("smoke"), "smoke", None)
+    out = P.plan(loading.load("smoke"), "smoke", None)
     assert "0.000" not in out and "no throughput file" in out
     total = out.strip().splitlines()[-1]
     assert total.startswith("total: unknown: no measurement for the rows ") and "measured rows alone" not in total

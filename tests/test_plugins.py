@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import torch
 
-from pipeline.config import ROOT
+from pipeline.config.layout import ROOT
 
 from .conftest import run_stage, write_experiment
 
@@ -79,11 +79,12 @@ def test_lamp_is_planned_as_one_job_per_cell_and_sparsity(tmp_path, env):
 def test_lamp_is_judged_against_every_baseline_with_its_own_parameters(tmp_path, env):
     write_experiment(tmp_path, name="t", **LAMP)
     script = textwrap.dedent("""
-        from pipeline import config as C, colors
-        cfg = C.load("t")
+        from pipeline.config import catalog
+        from pipeline.config.loading import load
+        cfg = load("t")
         print(sorted((c.method, c.baseline) for c in cfg.report.claims if "lamp" in (c.method, c.baseline)))
-        print(C.METHOD_PARAMS["lamp"], cfg.section("methods.options.lamp"), colors.color("lamp"))
-        print(cfg.section(*C.METHOD_PARAMS["lamp"])["methods"]["options"])
+        print(catalog.METHOD_PARAMS["lamp"], cfg.section("methods.options.lamp"), catalog.color("lamp"))
+        print(cfg.section(*catalog.METHOD_PARAMS["lamp"])["methods"]["options"])
     """)
     p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                        env={**env, "PIPELINE_CONFIGS": str(tmp_path)})
@@ -99,7 +100,7 @@ def test_lamp_is_judged_against_every_baseline_with_its_own_parameters(tmp_path,
 def test_lamp_as_a_baseline_is_judged_by_the_papers_method(tmp_path, env):
     exp = write_experiment(tmp_path, name="t", methods={"extra": ["examples.lamp"]},
                            grid={"methods": ["finetune", "fourier_kd", "lamp"]})
-    script = ("from pipeline import config as C\ncfg = C.load('t')\n"
+    script = ("from pipeline.config.loading import load\ncfg = load('t')\n"
               "print([(c.method, c.baseline) for c in cfg.report.claims if 'lamp' in (c.method, c.baseline)])")
     p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                        env={**env, "PIPELINE_CONFIGS": str(tmp_path)})
@@ -109,7 +110,7 @@ def test_lamp_as_a_baseline_is_judged_by_the_papers_method(tmp_path, env):
 # ------------------------------------------------------------------------------------------ bad plugins
 
 GOOD = '''
-from pipeline.catalog import Method
+from pipeline.config.catalog import Method
 def recipe(ctx):
     raise NotImplementedError
 METHODS = (Method("mine", family="one-shot", role="baseline", budget="retrain", params=("retrain",),

@@ -5,9 +5,9 @@ import io
 import subprocess
 import sys
 
-from pipeline import progress
-from pipeline.config import ROOT
-from pipeline.provenance import invocation
+from pipeline.infra import progress
+from pipeline.config.layout import ROOT
+from pipeline.infra.provenance import invocation
 
 
 def test_one_line_per_epoch_with_time_left(monkeypatch):
@@ -43,7 +43,7 @@ def test_log_option_copies_stderr_to_the_file(tmp_path):
 def test_invocation_names_the_tool_that_started_the_job(tmp_path):
     assert invocation() == ("manual", "")                             # pytest is neither tool
     tool = tmp_path / "snakemake"                                     # a parent process named snakemake
-    tool.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'from pipeline.provenance import invocation; "
+    tool.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'from pipeline.infra.provenance import invocation; "
                     "print(*invocation())' & wait\n")
     tool.chmod(0o755)
     r = subprocess.run([str(tool)], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -6,8 +6,10 @@ import subprocess
 
 import pytest
 
-from pipeline import io, publish as P
-from pipeline.config import ROOT, ConfigError
+from pipeline.infra import io
+from pipeline.report import publish as P
+from pipeline.config.layout import ROOT
+from pipeline.errors import ConfigError
 
 from .conftest import write_experiment
 from .test_integrity import TINY, _fake_runs, _main
@@ -34,12 +36,12 @@ def _user_folder(folder):
 
 
 def test_a_users_folder_as_report_dir_is_refused_before_compute_and_keeps_every_file(tmp_path, env, monkeypatch):
-    from pipeline import report as R
+    from pipeline.report import build as R
     user = tmp_path / "mine"
     before = _user_folder(user)
     experiment = write_experiment(tmp_path, name="t", datasets=TINY, report={"dir": str(user)},
                                   grid={"methods": ["finetune"]})
-    monkeypatch.setattr(R, "_runs", lambda cfg: tmp_path / "runs" / "t")     # no outputs: compute would fail
+    monkeypatch.setenv("PIPELINE_RUNS", str(tmp_path / "runs"))     # no outputs there: compute would fail
     code, err = _main(["report", "--experiment", experiment])
     assert code == 2, err
     assert f"config error: report.dir = {str(user)!r}: refused, it is not empty (.staged-keep, README.md, figures)" \

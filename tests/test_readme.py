@@ -1,6 +1,6 @@
-"""Every command in the README's "Running" sections works as written: this test runs it (in a copy of the
-project), or names the test that does, or says why it cannot run here. A command added to those sections
-without an entry here fails the test."""
+"""Every command of the README and of docs/running.md works as written: this test runs it (in a copy of the
+project), or names the test that does, or says why it cannot run here. A command added to either without an
+entry here fails the test. Also: the manual's methods table is the catalogue's."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from pipeline.config import ROOT
+from pipeline.config.layout import ROOT
 
 from .conftest import copy_env, make, project_copy
 
@@ -27,6 +27,7 @@ CHECKS = {
         ("run", "snakemake -n --cores 4 runs/paper/retrain/cifar10/resnet20/seed0/s0.9/fourier_kd/model.pt",
          "retrain "),          # planned, not run: it would download CIFAR-10 and train for hours
     "snakemake -n --cores all": ("run", "snakemake -n --cores all", "spectral_pruned"),
+    "snakemake --cores all": ("run", "snakemake -n --cores all", "spectral_pruned"),   # planned: it would train for days
     "python -m pipeline retrain --help": ("run", "python -m pipeline retrain --help", "--method"),
     "python -m pipeline plan": ("run", "python -m pipeline plan", "total:"),
     "make bench": ("test", "tests/test_benchmarks.py (benchmarks.run in its quick mode)"),
@@ -45,12 +46,12 @@ CHECKS = {
 }
 
 
+RUNNING = ("README.md", "docs/running.md")     # the documents whose ```bash blocks are commands to run as written
+
+
 def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    running = text[text.index("\n## Running"):]
-    running = running[:running.index("\n## ", 1)]
     out = []
-    for block in re.findall(r"```bash\n(.*?)```", running, re.S):
+    for block in re.findall(r"```bash\n(.*?)```", "\n".join((ROOT / f).read_text() for f in RUNNING), re.S):
         for line in block.splitlines():
             cmd = re.sub(r"\s+#\s.*$", "", line).strip()
             if cmd:
@@ -85,3 +86,15 @@ def test_running_command_works(cmd, tmp_path):
     r = subprocess.run(run, shell=True, cwd=repo, env=copy_env(repo), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{run}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     assert expect in r.stdout + r.stderr, f"{run}: {expect!r} not in output\n{r.stdout[-2000:]}"
+
+
+def test_the_methods_table_is_the_catalogue():
+    """docs/method.md's table names every built-in method once, with its budget kind (catalogue: the one table)."""
+    from pipeline.config.catalog import CATALOG
+    text = (ROOT / "docs" / "method.md").read_text()
+    table = text[text.index("| method | what | budget |"):]
+    rows = re.findall(r"^\| `([a-z_]+)` \|.*\| ([^|]+) \|$", table[:table.index("\n\n")], re.M)
+    assert [m for m, _ in rows] == [m for m, r in CATALOG.items() if r.source == "built-in"], rows
+    words = {"retrain": "retrain budget", "dense": "dense epochs", "chain": "rounds x"}
+    for m, budget in rows:
+        assert budget.startswith(words[CATALOG[m].budget]), (m, budget, CATALOG[m].budget)

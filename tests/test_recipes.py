@@ -1,5 +1,5 @@
 """What every training recipe starts from and the learning rate it trains at, checked against expectations
-written by hand from the papers, through the real training loop (pipeline/train.py), on a quarter-width
+written by hand from the papers, through the real training loop (pipeline/core/train.py), on a quarter-width
 resnet20 and 32 synthetic images (2 optimizer steps per epoch).
 
 - The weights a method's first step trains are the TRAINED dense weights with the mask applied, for every
@@ -19,10 +19,16 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline import config, io, jobs, masks as M, methods as MT, train as T
-from pipeline.models import prunable
+from pipeline.infra import io
+from pipeline.stages import common as jobs
+from pipeline.core import masks as M, train as T
+from pipeline.core.models import prunable
 
 from .test_methods import _NoRun, net, replace, tiny_data
+from pipeline.config import loading
+from pipeline.methods import base
+from pipeline.methods import iterative
+from pipeline.methods import registry
 
 S = 0.8
 BATCH, N_TRAIN = 16, 32
@@ -34,7 +40,7 @@ K = 1                                     # lth's rewind epoch: late rewinding, 
 # 4 retraining epochs at 0.01 with the same drops; imp: 2 rounds of 2 epochs, each with the retraining drops
 # (0.5 x 2 = epoch 1; 0.75 x 2 = 1.5, rounded half up to 2 = after the round); lth: 2 rounds from dense epoch k;
 # lrr: 2 rounds of the whole dense schedule. Rate 0.6 to S = 0.8: two rounds, to 0.6 and 0.8.
-CFG = replace(config.load("smoke"),
+CFG = replace(loading.load("smoke"),
               train={"epochs": 4, "lr": 0.1, "lr_drops": [0.5, 0.75], "gamma": 0.1, "batch_size": BATCH,
                      "save_epochs": [0, K]},
               retrain={"epochs": 4, "lr": 0.01, "lr_drops": [0.5, 0.75], "gamma": 0.1},
@@ -117,7 +123,7 @@ def dense(data, tmp_path_factory):
         return _CACHE["dense"]
     folder = tmp_path_factory.mktemp("dense")
     with pytest.MonkeyPatch.context() as mp:
-        recipe = MT.dense_recipe(CFG)
+        recipe = base.dense_recipe(CFG)
         watch = Watch(recipe, mp)
         res = T.run(recipe, net(0), data, RT, seed=0, ckpt=folder / "whole.pt", key="d")
 
@@ -128,20 +134,20 @@ def dense(data, tmp_path_factory):
         if step == K + 1:                 # epoch K+1 trained in memory, not checkpointed: the file holds epoch K
             raise Stop
     with pytest.raises(Stop):
-        T.run(MT.dense_recipe(CFG), net(0), data, RT, seed=0, ckpt=folder / "stopped.pt", key="d", log=stop)
+        T.run(base.dense_recipe(CFG), net(0), data, RT, seed=0, ckpt=folder / "stopped.pt", key="d", log=stop)
     stopped = io.load(folder / "stopped.pt", "checkpoint", keys=("epoch", "model"))
-    resumed = T.run(MT.dense_recipe(CFG), net(0), data, RT, seed=0, ckpt=folder / "stopped.pt", key="d")
+    resumed = T.run(base.dense_recipe(CFG), net(0), data, RT, seed=0, ckpt=folder / "stopped.pt", key="d")
     _CACHE["dense"] = {"res": res, "lrs": watch.lrs, "stopped": stopped, "resumed": resumed}
     return _CACHE["dense"]
 
 
-def context(dense, cfg=CFG) -> MT.Context:
+def context(dense, cfg=CFG) -> base.Context:
     """The trained dense network of the fixture, its global MBP mask at S, its snapshots, itself as teacher."""
-    trained = {k: v.clone() for k, v in dense["res"]["model"].state_dict().items()}
+    trained = {k: v.clone() for k, v in dense["res"].model.state_dict().items()}
     teacher = net(0)
     teacher.load_state_dict(trained)
     mask = M.global_magnitude({n: trained[n] for n in prunable(net(0))}, S)
-    return MT.Context(cfg, S, 0, trained, mask, dense["res"]["snapshots"], teacher, arch="resnet20")
+    return base.Context(cfg, S, 0, trained, mask, dense["res"].snapshots, teacher, arch="resnet20")
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +158,7 @@ def trained(data, dense, tmp_path_factory):
         if method not in _CACHE:
             ctx = context(dense)
             with pytest.MonkeyPatch.context() as mp:
-                recipe = MT.METHODS[method](ctx)
+                recipe = registry.METHODS[method](ctx)
                 watch = Watch(recipe, mp)
                 res = T.run(recipe, net(0), data, RT, seed=0, ckpt=folder / f"{method}.pt", key=method)
             _CACHE[method] = (res, watch, ctx)
@@ -161,10 +167,10 @@ def trained(data, dense, tmp_path_factory):
 
 
 def test_the_three_weight_sets_differ_everywhere(dense):
-    init, trained = net(0).state_dict(), dense["res"]["model"].state_dict()
-    snap = dense["res"]["snapshots"][K]
+    init, trained = net(0).state_dict(), dense["res"].model.state_dict()
+    snap = dense["res"].snapshots[K]
     assert differ_everywhere(init, trained) and differ_everywhere(init, snap) and differ_everywhere(snap, trained)
-    assert all(torch.equal(v, init[k]) for k, v in dense["res"]["snapshots"][0].items())   # epoch 0: the init
+    assert all(torch.equal(v, init[k]) for k, v in dense["res"].snapshots[0].items())   # epoch 0: the init
 
 
 # --------------------------------------------------------------------------- where the first step starts
@@ -194,7 +200,7 @@ def test_first_step_trains_the_trained_dense_weights_masked(trained, method):
 @pytest.mark.parametrize("method,k", [("lth", K), ("lth_init", 0)])
 def test_lottery_rounds_start_from_the_epoch_k_weights(trained, dense, method, k):
     res, watch, ctx = trained(method)
-    rewind = dense["res"]["snapshots"][k]
+    rewind = dense["res"].snapshots[k]
     assert len(watch.starts) == 2 == len(watch.masks)
     for start, masks in zip(watch.starts, watch.masks):        # every round rewinds the survivors to epoch k
         expected = masked(rewind, masks)
@@ -207,27 +213,27 @@ def test_lottery_rounds_start_from_the_epoch_k_weights(trained, dense, method, k
 def test_gmp_starts_from_the_initialisation(trained):
     res, watch, _ = trained("gmp")
     init = net(0).state_dict()
-    assert MT.gmp_epochs(4, 0.25, 0.75) == (1, 3)              # epoch 0 trains dense: nothing pruned yet
+    assert iterative.gmp_epochs(4, 0.25, 0.75) == (1, 3)              # epoch 0 trains dense: nothing pruned yet
     assert all(torch.equal(watch.starts[0][k], v) for k, v in init.items())
 
 
 def test_the_epoch_k_snapshot_is_a_run_stopped_after_k_epochs(dense):
     stopped = dense["stopped"]
     assert stopped["epoch"] == K
-    snap = dense["res"]["snapshots"][K]
+    snap = dense["res"].snapshots[K]
     assert set(snap) == set(stopped["model"]) and all(torch.equal(snap[k], v) for k, v in stopped["model"].items())
 
 
 def test_a_stopped_run_resumes_to_the_uninterrupted_result(dense):
     a, b = dense["res"], dense["resumed"]
-    sa, sb = a["model"].state_dict(), b["model"].state_dict()
+    sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert a["history"] == b["history"]
+    assert a.history == b.history
 
 
 def test_load_snapshots_refuses_a_file_without_the_rewind_epoch(dense, tmp_path):
     path = tmp_path / "snapshots.pt"
-    io.save({"kind": "snapshots", "job": "j", "snapshots": {0: dense["res"]["snapshots"][0]}}, path)
+    io.save({"kind": "snapshots", "job": "j", "snapshots": {0: dense["res"].snapshots[0]}}, path)
     assert jobs.load_snapshots(CFG, path, "lth_init", {"job": "j"}).keys() == {0}
     with pytest.raises(io.CorruptFile, match=f"no weights saved at epoch {K}"):
         jobs.load_snapshots(CFG, path, "lth", {"job": "j"})
@@ -247,7 +253,7 @@ def test_dense_stage_optimizer_lr_at_every_step(dense):
     check_lrs(dense["lrs"], EXPECTED_LR["dense"])
 
 
-@pytest.mark.parametrize("method", sorted(MT.METHODS))
+@pytest.mark.parametrize("method", sorted(registry.METHODS))
 def test_optimizer_lr_at_every_step(trained, method):
     check_lrs(trained(method)[1].lrs, EXPECTED_LR[method])
 
@@ -265,10 +271,10 @@ def by_hand(model, data, split) -> float:
 
 def test_val_acc_is_measured_on_the_validation_split_and_test_acc_once_on_the_test_split(dense, data, tmp_path):
     res = dense["res"]
-    val, test = by_hand(res["model"], data, "val"), by_hand(res["model"], data, "test")
+    val, test = by_hand(res.model, data, "val"), by_hand(res.model, data, "test")
     assert val != test, "the two splits must score differently for this test to tell them apart"
-    assert res["history"][-1]["val_acc"] == val
+    assert res.history[-1]["val_acc"] == val
     out = tmp_path / "dense" / "model.pt"
-    jobs.finish(CFG, _NoRun(), res, data, RT, str(out), "resnet20", None, 1.0, "k")
+    jobs.finish(CFG, _NoRun(), res, data, RT, str(out), "resnet20", "k")
     m = io.read_json(out.with_name("metrics.json"))
     assert (m["val_acc"], m["test_acc"]) == (val, test)

@@ -9,9 +9,9 @@ import hashlib
 import pytest
 import torch
 
-from pipeline import models, train as T
+from pipeline.core import models, train as T
 from pipeline.methods.oneshot import reinit, reinit_seed
-from pipeline.models import prunable
+from pipeline.core.models import prunable
 
 from .test_methods import CFG, RT, context, data, net  # noqa: F401 - data: a fixture
 
@@ -49,10 +49,10 @@ def test_reinit_trains_the_mask_with_the_dense_schedule(data, tmp_path):  # noqa
     assert [(r.epochs, r.lr, r.lr_drops, r.gamma, r.schedule) for r in recipe.rounds] == [
         (t.epochs, t.lr, t.lr_drops, t.gamma, t.schedule)]
     res = T.run(recipe, net(seed=0), data, RT, seed=0, ckpt=tmp_path / "r.pt", key="r")
-    assert all(torch.equal(res["masks"][k], ctx.mask[k]) for k in ctx.mask)
-    w = prunable(res["model"])
+    assert all(torch.equal(res.masks[k], ctx.mask[k]) for k in ctx.mask)
+    w = prunable(res.model)
     assert all(torch.equal(w[k].detach() == 0, ~ctx.mask[k]) for k in ctx.mask)
-    assert res["epochs"] == t.epochs
+    assert res.epochs == t.epochs
 
 
 def test_reinit_without_the_architecture_is_refused():

@@ -1,4 +1,4 @@
-"""The report's main table and paired comparisons (pipeline/report.py) on a hand-made 3-seed table with one
+"""The report's main table and paired comparisons (pipeline/report/build.py) on a hand-made 3-seed table with one
 seed missing, against values computed by hand: mean ± sample sd (n - 1), and two-sided 95% t-intervals
 mean ± t * sd / sqrt(n), with t from closed forms (df = 1: tan(pi (p - 1/2)), the Cauchy quantile;
 df = 2: (2p - 1) / sqrt(2 p (1 - p))), not from scipy."""
@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from pipeline import report as R
+from pipeline.report import build as R
 
 T1 = math.tan(math.pi * (0.975 - 0.5))                 # 12.7062: 95% two-sided, df = 1 (2 seeds)
 T2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)               # 4.3027: df = 2 (3 seeds)

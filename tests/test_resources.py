@@ -7,9 +7,11 @@ import dataclasses
 
 import pytest
 
-from pipeline import resources as R
-from pipeline.config import ConfigError, load, merge, read_yaml, validate, ROOT
-from pipeline.dag import snakemake_jobs
+from pipeline.planning import resources as R
+from pipeline.errors import ConfigError
+from pipeline.config.loading import load, merge, read_yaml, validate
+from pipeline.config.layout import ROOT
+from pipeline.planning.dag import snakemake_jobs
 from tests.conftest import run_stage
 
 

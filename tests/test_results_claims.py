@@ -1,5 +1,5 @@
 """Every verdict of the committed reports (results/*/README.md) follows from that report's own summary.csv
-(and spectral.csv, for the pruning signature) under the stated rule of pipeline/verdicts.py.
+(and spectral.csv, for the pruning signature) under the stated rule of pipeline/report/verdicts.py.
 
 The Claims section is regenerated from the committed CSVs with the experiment's configuration; each verdict
 row of it is parsed and recomputed straight from the paired differences. A report that declares the current
@@ -15,27 +15,28 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import claims as CL
-from pipeline import config as C
-from pipeline import report as R
-from pipeline import verdicts as V
-from pipeline.config import ROOT
+from pipeline.report import claims as CL
+from pipeline.report import build as R
+from pipeline.report import verdicts as V
+from pipeline.config.layout import ROOT
+from pipeline.config import loading
+from pipeline.config import schema
 
 REPORTS = sorted(p.parent for p in (ROOT / "results").glob("*/README.md") if (p.parent / "summary.csv").is_file())
 CLAIM = re.compile(r"^(\w+) vs (\w+)( \(claimed worse\))?$")
 VERDICT = re.compile(r"\*\*([a-z ]+)\*\*")
 
 
-def experiment_config(name: str) -> C.Config:
+def experiment_config(name: str) -> schema.Config:
     """The experiment's configuration, its datasets replaced by synthetic stand-ins with the same classes:
     the claims read only grid.*, report.* and the classes, and the real data need not be on this machine."""
-    raw = C.merged_raw(None if name == "paper" else name)
+    raw = loading.merged_raw(None if name == "paper" else name)
     raw["datasets"] = {ds: {"source": "synthetic", "classes": d["classes"], "train_size": 2, "val_size": 1,
                             "test_size": 1} for ds, d in raw["datasets"].items()}
-    return C.validate(raw)
+    return loading.validate(raw)
 
 
-def regenerate(folder: Path) -> tuple[C.Config, pd.DataFrame, dict, list[str]]:
+def regenerate(folder: Path) -> tuple[schema.Config, pd.DataFrame, dict, list[str]]:
     cfg = experiment_config(folder.name)
     summary = pd.read_csv(folder / "summary.csv")
     spec = pd.read_csv(folder / "spectral.csv")

@@ -5,7 +5,7 @@ imp (killed in round 1, after its pruning), kd and fourier_kd (the teacher, the 
 (killed while its mask grows), lth (killed after rewinding). Also: two uninterrupted runs are bit-identical.
 
 No timing window: each job kills itself at an exact (round, epoch, step) (PIPELINE_TEST_KILL_AT,
-pipeline/faults.py), as `kill -9` would. Each `python -m pipeline` start costs ~8 s of CPU (torch, mlflow,
+pipeline/infra/faults.py), as `kill -9` would. Each `python -m pipeline` start costs ~8 s of CPU (torch, mlflow,
 the store's schema check), so the dataset and the mask are made in this process, the killed jobs start
 together, and the uninterrupted references and the resumes run through the same CLI entry point one after
 another in one process each (tests.conftest.run_jobs).
@@ -26,9 +26,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import data as D, faults, io, masks as M, models
-from pipeline.config import ROOT, load
-from pipeline.jobs import identity, load_model, prune_key
+from pipeline.core import data as D, masks as M, models
+from pipeline.infra import faults, io
+from pipeline.config.layout import ROOT
+from pipeline.config.loading import load
+from pipeline.stages.common import identity, load_model, prune_key
 
 from .conftest import cli, run_jobs, write_experiment
 

@@ -8,9 +8,13 @@ import math
 import pytest
 import torch
 
-from pipeline import config, methods as MT, train as T
+from pipeline.core import train as T
 
 from .test_methods import CFG, RT, context, data, net, replace  # noqa: F401 - data: a fixture
+from pipeline.config import loading
+from pipeline import errors
+from pipeline.methods import base
+from pipeline.methods import registry
 
 # cos(k pi / 7), k = 1..6, and cos(pi / 4), written out
 COS7 = [0.9009688679024191, 0.6234898018587336, 0.2225209339563144, -0.2225209339563144, -0.6234898018587336,
@@ -69,10 +73,10 @@ def test_each_method_reads_its_sections_schedule():
     cfg = replace(CFG, train={"schedule": "onecycle"}, retrain={"schedule": "cosine"})
     ctx = context(cfg)
     dense = {"lth", "lth_init", "lrr", "lr_rewind", "reinit", "gmp"}      # the dense schedule (train.*)
-    for m in MT.METHODS:
+    for m in registry.METHODS:
         want = "onecycle" if m in dense else "cosine"                   # the rest: retrain.* (imp: each round)
-        assert {r.schedule for r in MT.METHODS[m](ctx).rounds} == {want}, m
-    assert MT.dense_round(cfg).schedule == "onecycle"                   # the dense stage's recipe
+        assert {r.schedule for r in registry.METHODS[m](ctx).rounds} == {want}, m
+    assert base.dense_round(cfg).schedule == "onecycle"                   # the dense stage's recipe
 
 
 def test_the_optimizer_gets_each_epochs_lr(data, tmp_path):  # noqa: F811
@@ -85,16 +89,16 @@ def test_the_optimizer_gets_each_epochs_lr(data, tmp_path):  # noqa: F811
             return super().step(*a, **k)
     real, torch.optim.SGD = torch.optim.SGD, Spy
     try:
-        res = T.run(MT.METHODS["finetune"](context(cfg)), net(), data, RT, seed=0, ckpt=tmp_path / "c.pt", key="c")
+        res = T.run(registry.METHODS["finetune"](context(cfg)), net(), data, RT, seed=0, ckpt=tmp_path / "c.pt", key="c")
     finally:
         torch.optim.SGD = real
     expected = [0.01, 0.005 * (1 + COS4), 0.005, 0.005 * (1 - COS4)]
-    assert [h["lr"] for h in res["history"]] == pytest.approx(expected, rel=1e-12)
+    assert [h["lr"] for h in res.history] == pytest.approx(expected, rel=1e-12)
     assert seen == pytest.approx([x for x in expected for _ in range(2)], rel=1e-12)     # 2 steps an epoch
 
 
 @pytest.mark.parametrize("section", ["train", "retrain"])
 def test_an_unknown_schedule_is_named(section):
-    raw = config.merge(config.merged_raw("smoke"), {section: {"schedule": "linear"}})
-    with pytest.raises(config.ConfigError, match=f"{section}.schedule"):
-        config.validate(raw)
+    raw = loading.merge(loading.merged_raw("smoke"), {section: {"schedule": "linear"}})
+    with pytest.raises(errors.ConfigError, match=f"{section}.schedule"):
+        loading.validate(raw)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import io
+from pipeline.infra import io
 
 from .conftest import copy_env, make, project_copy, write_experiment
 from .test_e2e import sh

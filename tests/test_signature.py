@@ -1,4 +1,4 @@
-"""The controlled pruning signature (pipeline/signature.py): batch-norm recalibration changes only the
+"""The controlled pruning signature (pipeline/evaluate/signature.py): batch-norm recalibration changes only the
 running statistics (to the values computed by hand here), and every topology variant is what it says."""
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pipeline import masks as M, models, signature as SG, spectral as S, train as T
-from pipeline.config import SpectralCfg
+from pipeline.core import masks as M, models, train as T
+from pipeline.evaluate import signature as SG, spectral as S
+from pipeline.config.schema import SpectralCfg
 
 from .test_spectral import data  # noqa: F401  (the fixture: 32 training images, 32 test images)
+from pipeline.config import loading
+from pipeline import errors
+from pipeline.stages import evaluation
 
 RT = T.Runtime(torch.device("cpu"), amp=False, channels_last=False, compile=False)
 
@@ -92,11 +96,10 @@ def test_every_topology_variant(data):
 
 
 def test_the_pruned_signature_needs_its_control_seed_and_teacher_before_any_compute(tmp_path):
-    from pipeline import config, stages
-    cfg = config.load("smoke")
+    cfg = loading.load("smoke")
     for kw in ({"teacher": "t.pt"}, {"control_seed": 0}):
-        with pytest.raises(config.ConfigError, match="--control-seed .* and --teacher"):
-            stages.spectral(cfg, data=str(tmp_path / "missing.pt"), model="m.pt", out=str(tmp_path / "o.json"),
+        with pytest.raises(errors.ConfigError, match="--control-seed .* and --teacher"):
+            evaluation.spectral(cfg, data=str(tmp_path / "missing.pt"), model="m.pt", out=str(tmp_path / "o.json"),
                             mask="mask.pt", **kw)
     assert list(tmp_path.iterdir()) == []
 

@@ -4,7 +4,7 @@ logging to an MLflow tracking server. Checks: every job ran as a SLURM job (the 
 outputs equal the local smoke run's bit for bit (the session's `smoke` fixture, shared with test_e2e), MLflow
 holds every run; then a job cancelled mid-epoch is resubmitted by Snakemake, resumes from its checkpoint (same
 MLflow run) and ends equal to the uninterrupted run. The job is cancelled while it waits at an exact step
-(PIPELINE_TEST_PAUSE_AT, pipeline/faults.py): no timing window.
+(PIPELINE_TEST_PAUSE_AT, pipeline/infra/faults.py): no timing window.
 
 Needs root and slurm-wlm + munge (start.sh installs them with apt-get). Where SLURM cannot start, the tests
 skip with the reason; under CI=true they fail instead (.ci/run runs them)."""
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import faults
-from pipeline.config import ROOT
+from pipeline.infra import faults
+from pipeline.config.layout import ROOT
 from tests.conftest import interrupt, unavailable, wait_for
 from tests.mlflow_server import mlflow_server
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import tracking
-from pipeline.config import load
+from pipeline.infra import tracking
+from pipeline.config.loading import load
 
 from .conftest import Smoke
 

@@ -1,12 +1,13 @@
-"""Spectral evaluation (pipeline/spectral.py): band-limited predictions, Fourier basis and heat map."""
+"""Spectral evaluation (pipeline/evaluate/spectral.py): band-limited predictions, Fourier basis and heat map."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn as nn
 
-from pipeline import data as D, frequency as fq, spectral as S, train as T
-from pipeline.config import SpectralCfg
+from pipeline.core import data as D, frequency as fq, train as T
+from pipeline.evaluate import spectral as S
+from pipeline.config.schema import SpectralCfg
 
 RT = T.Runtime(torch.device("cpu"), amp=False, channels_last=False, compile=False)
 

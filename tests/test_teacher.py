@@ -8,9 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline import config, jobs, methods as MT, stages
+from pipeline.stages import common as jobs
 
 from .conftest import write_experiment
+from pipeline.config import loading
+from pipeline.methods import registry
+from pipeline.stages import prepare as prepare_stage
+from pipeline.stages import prune as prune_stage
+from pipeline.stages import training
 
 
 class _Run:
@@ -30,16 +35,16 @@ def test_the_teacher_is_frozen_through_a_retrain_job(method, tmp_path, env, monk
     exp = write_experiment(tmp_path, name="teacher", datasets={"synthetic": {
         "source": "synthetic", "classes": 4, "train_size": 96, "val_size": 32, "test_size": 32}},
         train={"epochs": 1, "save_epochs": [0]}, retrain={"epochs": 2}, lth={"rewind_epoch": 0})
-    cfg = config.load(exp)
-    for module in (stages, jobs):
+    cfg = loading.load(exp)
+    for module in (prepare_stage, prune_stage, training, jobs):
         monkeypatch.setattr(module, "Run", _Run, raising=False)
     f = {k: tmp_path / v for k, v in (("data", "data.pt"), ("dense", "dense/model.pt"), ("mask", "prune/mask.pt"),
                                       ("out", f"retrain/{method}/model.pt"))}
-    stages.prepare(cfg, "synthetic", f["data"])
-    stages.train_dense(cfg, "synthetic", "resnet20", 0, f["data"], f["dense"])
-    stages.prune(cfg, "synthetic", "resnet20", 0, 0.9, f["dense"], f["mask"])
+    prepare_stage.prepare(cfg, "synthetic", f["data"])
+    training.train_dense(cfg, "synthetic", "resnet20", 0, f["data"], f["dense"])
+    prune_stage.prune(cfg, "synthetic", "resnet20", 0, 0.9, f["dense"], f["mask"])
     seen = {"calls": []}
-    build = MT.METHODS[method]
+    build = registry.METHODS[method]
 
     def capture(ctx):
         seen["teacher"] = t = ctx.teacher
@@ -47,8 +52,8 @@ def test_the_teacher_is_frozen_through_a_retrain_job(method, tmp_path, env, monk
         t.register_forward_pre_hook(lambda mod, args: seen["calls"].append(
             (any(m.training for m in mod.modules()), any(p.requires_grad for p in mod.parameters()))))
         return build(ctx)
-    monkeypatch.setitem(MT.METHODS, method, capture)
-    stages.retrain(cfg, "synthetic", "resnet20", 0, 0.9, method, f["data"], f["dense"],
+    monkeypatch.setitem(registry.METHODS, method, capture)
+    training.retrain(cfg, "synthetic", "resnet20", 0, 0.9, method, f["data"], f["dense"],
                    f["dense"].with_name("snapshots.pt"), f["mask"], f["out"])
     assert f["out"].exists()
     teacher = seen["teacher"]

@@ -10,7 +10,8 @@ import textwrap
 
 import pytest
 
-from pipeline.config import ROOT, load
+from pipeline.config.layout import ROOT
+from pipeline.config.loading import load
 
 from .conftest import write_experiment
 
@@ -29,8 +30,8 @@ LAUNCHER = textwrap.dedent("""
     from pathlib import Path
 
     import mlflow.tracking  # noqa: F401
-    from pipeline.config import load
-    from pipeline.tracking import Run
+    from pipeline.config.loading import load
+    from pipeline.infra.tracking import Run
 
     experiment, workers, steps, folder = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
     cfg = load(Path(experiment))
@@ -101,7 +102,7 @@ def test_parallel_runs_share_one_sqlite_store(tmp_path, env):
 
 
 def test_exception_marks_run_failed_with_error_tag(tmp_path, env):
-    from pipeline.tracking import Run
+    from pipeline.infra.tracking import Run
     cfg = load(write_experiment(tmp_path, name="fails"))
     with pytest.raises(ValueError, match="boom at epoch 3"):
         with Run(cfg, "train_dense", {"dataset": "synthetic", "seed": 0}, {"train": {"epochs": 3}}) as run:
@@ -123,7 +124,7 @@ def test_exception_marks_run_failed_with_error_tag(tmp_path, env):
 
 def test_resumed_run_continues_the_same_run(tmp_path, env):
     """A resumed job (run id from its checkpoint) reopens its own run: RUNNING again, then FINISHED, one run."""
-    from pipeline.tracking import Run
+    from pipeline.infra.tracking import Run
     cfg = load(write_experiment(tmp_path, name="resume"))
     first = Run(cfg, "train_dense", {"seed": 0}, {"x": 1})
     first.log_metrics({"val_acc": 0.25}, 1)            # then the job is killed: the run stays RUNNING

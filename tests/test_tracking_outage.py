@@ -13,12 +13,16 @@ import time
 import pytest
 import torch
 
-from pipeline import config as C, data as D, io, jobs, tracking
-from pipeline.config import ROOT
+from pipeline.config import layout
+from pipeline.core import data as D
+from pipeline.infra import io, tracking
+from pipeline.stages import common as jobs
+from pipeline.config.layout import ROOT
 
 from .conftest import cli, write_experiment
 from .mlflow_server import crash, free_port, mlflow_server
 from .test_integrity import TINY, _main
+from pipeline.config import loading
 
 EPOCHS = 8
 
@@ -44,9 +48,9 @@ def test_a_server_killed_mid_job_stops_it_with_its_checkpoint_and_the_rerun_resu
     experiment = write_experiment(tmp_path, name="t", datasets=TINY, train={"epochs": EPOCHS},
                                   lth={"rewind_epoch": 0})
     data, out, log = tmp_path / "data.pt", tmp_path / "dense" / "model.pt", tmp_path / "dense.log"
-    cfg = C.load(experiment)
+    cfg = loading.load(experiment)
     D.prepare(cfg, "synthetic", data)
-    ckpt = jobs.checkpoint(cfg, "dense", jobs.dense_key(cfg, "synthetic", "resnet20", 0,
+    ckpt = layout.checkpoint(cfg.name, "dense", layout.dense_key(cfg, "synthetic", "resnet20", 0,
                                                        io.read_json(f"{data}.json")["sha256"]))
     args = ["train_dense", "--experiment", experiment, "--dataset", "synthetic", "--arch", "resnet20", "--seed", 0,
             "--data", data, "--out", out, "--log", log]

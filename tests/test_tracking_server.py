@@ -8,15 +8,15 @@ import sys
 
 import pytest
 
-from pipeline.config import ROOT
-from pipeline.tracking import _lock_path
+from pipeline.config.layout import ROOT
+from pipeline.infra.tracking import _lock_path
 from tests.mlflow_server import mlflow_server
 
 JOBS, EPOCHS = 4, 25
 JOB = """
 import sys
-from pipeline.config import load
-from pipeline.tracking import Run
+from pipeline.config.loading import load
+from pipeline.infra.tracking import Run
 i = int(sys.argv[1])
 cfg = load("smoke")
 with Run(cfg, "retrain", {"dataset": "synthetic", "arch": "resnet20", "seed": i, "sparsity": 0.9,

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import masks as M, train as T
+from pipeline.core import masks as M, train as T
+from pipeline.config import loading
 
 
 def _per_step_reference(x_all: torch.Tensor, batch: int, steps: int, g: torch.Generator) -> list:
@@ -61,8 +62,7 @@ def test_fused_mask_application_equals_one_multiply_per_layer():
 
 
 def _resolve_runtime(monkeypatch, deterministic, cuda: bool) -> bool:
-    from pipeline import config as C
-    cfg = C.load("smoke")
+    cfg = loading.load("smoke")
     cfg.runtime.deterministic = deterministic
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     torch.use_deterministic_algorithms(not (deterministic is True or (deterministic == "auto" and not cuda)))
@@ -86,8 +86,7 @@ def test_deterministic_auto_is_on_for_the_cpu_and_off_for_cuda(monkeypatch):
 
 
 def _rt(monkeypatch, native: bool, amp="auto", channels_last="auto", cuda=False):
-    from pipeline import config as C
-    cfg = C.load(None)                                   # the paper's runtime section: auto, auto
+    cfg = loading.load(None)                                   # the paper's runtime section: auto, auto
     cfg.runtime.amp, cfg.runtime.channels_last = amp, channels_last
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(T, "cpu_bf16_native", lambda: native)
@@ -120,7 +119,7 @@ def test_native_bf16_is_read_from_the_cpus_capabilities(avx512_bf16, amx, expect
 
 @pytest.mark.parametrize("amp", [True, False], ids=["bf16", "fp32"])
 def test_cpu_training_in_channels_last_reruns_bit_identical_and_evaluates_in_fp32(amp, tmp_path):
-    from pipeline import data as D, models
+    from pipeline.core import data as D, models
     tx, ty = D.synthetic(4, 96, seed=1)
     data = T.Data({"train_x": tx[:64], "train_y": ty[:64], "val_x": tx[64:], "val_y": ty[64:], "test_x": tx[64:],
                    "test_y": ty[64:], "classes": list("abcd")}, "cpu")
@@ -133,9 +132,9 @@ def test_cpu_training_in_channels_last_reruns_bit_identical_and_evaluates_in_fp3
                 for i in range(2)]
     finally:
         torch.use_deterministic_algorithms(det)
-    a, b = (r["model"].state_dict() for r in runs)
+    a, b = (r.model.state_dict() for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    assert [h["train_loss"] for h in runs[0].history] == [h["train_loss"] for h in runs[1].history]
     fp32 = T.Runtime(torch.device("cpu"), amp=False, channels_last=True, compile=False)
-    model = runs[0]["model"]
+    model = runs[0].model
     assert torch.equal(T.predict(model, data, data.test_x, rt), T.predict(model, data, data.test_x, fp32))

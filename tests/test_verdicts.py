@@ -1,4 +1,4 @@
-"""The verdict rule (pipeline/verdicts.py): hand-made cases with values computed by hand, and seeded
+"""The verdict rule (pipeline/report/verdicts.py): hand-made cases with values computed by hand, and seeded
 simulations of the rule (coverage of the stated intervals, equal standards for "held" and "worse", power)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import verdicts as V
+from pipeline.report import verdicts as V
 
 T95_1 = 6.313751514675043       # one-sided 5% critical t, df = 1 (2 seeds)
 T95_2 = 2.919985580355516       # df = 2 (3 seeds)

@@ -8,8 +8,8 @@ import tomllib
 import torch
 from packaging.requirements import Requirement
 
-from pipeline import jobs
-from pipeline.config import ROOT
+from pipeline.stages import common as jobs
+from pipeline.config.layout import ROOT
 
 
 def _lock() -> dict:

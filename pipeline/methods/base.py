@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..train import Recipe, Round, cross_entropy
+from pipeline.core.train import Recipe, Round, cross_entropy
 
 
 @dataclass

@@ -18,8 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .. import frequency as fq
-from .base import Context, one_shot
+from pipeline.core import frequency as fq
+from pipeline.methods.base import Context, one_shot
 
 
 def two_term_loss(term, weight: float, alpha: float, radius_fn=None, band: str = "low", shape: str = "circle",

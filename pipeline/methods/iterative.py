@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 
-from .. import masks as M
-from ..models import prunable
-from .base import Context, dense_round, load, recipe, retrain_round
+from pipeline.planning.budget import chain_targets
+from pipeline.config import catalog
+from pipeline.core import masks as M
+from pipeline.core.models import prunable
+from pipeline.methods.base import Context, dense_round, load, recipe, retrain_round
 
 
 def _chain(ctx: Context, rate: float, make_round, rewind: dict | None = None):
@@ -22,7 +24,7 @@ def _chain(ctx: Context, rate: float, make_round, rewind: dict | None = None):
     network is then set to those weights (the ticket's rewinding). make_round(begin, level) -> the Round."""
     c = ctx.cfg
     rounds = []
-    for i, (s, level) in enumerate(M.chain_targets(ctx.levels or [ctx.sparsity], rate)):
+    for i, (s, level) in enumerate(chain_targets(ctx.levels or [ctx.sparsity], rate)):
         def begin(model, masks, s=s, first=i == 0):
             if first:
                 load(model, ctx.dense)
@@ -51,12 +53,12 @@ def _lottery(ctx: Context, k: int):
 def lth(ctx: Context):
     """The ticket as its papers run it: late rewinding to epoch lth.rewind_epoch (Frankle et al. 2020;
     Renda et al. 2020)."""
-    return _lottery(ctx, ctx.cfg.lth.rewind_epoch)
+    return _lottery(ctx, catalog.rewind_epoch(ctx.cfg, "lth"))
 
 
 def lth_init(ctx: Context):
     """The original lottery ticket (Frankle & Carbin 2019): survivors rewound to the initialisation."""
-    return _lottery(ctx, 0)
+    return _lottery(ctx, catalog.rewind_epoch(ctx.cfg, "lth_init"))
 
 
 def lrr(ctx: Context):
@@ -65,11 +67,6 @@ def lrr(ctx: Context):
     the whole dense lr schedule (train.*) from its first epoch; one chain passes every level, each exactly."""
     c = ctx.cfg
     return _chain(ctx, c.lrr.rate, lambda b, lv: dense_round(c, begin=b, level=lv))
-
-
-def rewind_epoch(cfg, method: str) -> int | None:
-    """The dense epoch whose weights a method rewinds to (None: it does not rewind)."""
-    return {"lth": cfg.lth.rewind_epoch, "lth_init": 0}.get(method)
 
 
 def gmp_epochs(epochs: int, start: float, end: float) -> tuple[int, int]:

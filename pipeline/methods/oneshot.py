@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hashlib
 
-from .. import masks as M, models
-from ..models import prunable
-from .base import Context, dense_round, load, one_shot, recipe
+from pipeline.core import masks as M, models
+from pipeline.core.models import prunable
+from pipeline.methods.base import Context, dense_round, load, one_shot, recipe
 
 
 def finetune(ctx: Context):
