@@ -30,7 +30,8 @@ from pipeline.core import data as D, masks as M, models
 from pipeline.infra import faults, io
 from pipeline.config.layout import ROOT
 from pipeline.config.loading import load
-from pipeline.stages.common import identity, load_model, prune_key
+from pipeline.config.layout import prune_key
+from pipeline.stages.common import identity, load_model
 
 from .conftest import cli, run_jobs, write_experiment
 
