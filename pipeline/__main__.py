@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     stage("publish", help="copy the finished report from runs/<name>/report/ to the committed results/<name>/")
     stage("export_dvc", help="print dvc.yaml derived from the Snakefile's jobs for this experiment; "
                              "write the merged config its params read to dvc.params.yaml")
+    stage("sync", help="replay the experiment's offline runs (runs/<name>/tracking/) into the MLflow store, once")
+    stage("export_jobs", help="write runs/<name>/jobs.json, the DAG's jobs in order, for `drive` (needs Snakemake)")
+    s = stage("drive", help="run runs/<name>/jobs.json's jobs that are not done, in order, without Snakemake")
+    s.add_argument("--dry-run", action="store_true", help="list what would run")
     s = stage("plan", help="the grid's jobs, epochs per method and estimated device-hours from measured img/s")
     s.add_argument("--throughput", default=None, help="img/s file from benchmarks/gpu_check.py (default: the "
                                                       "newest benchmarks/results/throughput-*.json)")
@@ -109,6 +113,17 @@ def main(argv=None) -> int:
             (ROOT / PARAMS_FILE).write_text(resolved_params(args.experiment))
             sys.stdout.write(export_dvc(args.experiment))
             return 0
+        if args.stage == "export_jobs":
+            from pipeline.stages.driver import export
+            print(f"wrote {export(args.experiment, cfg.name)}")
+            return 0
+        if args.stage == "sync":
+            from pipeline.infra.tracking import sync
+            synced = sync(cfg)
+            for name, run_id, added in synced:
+                print(f"{name} -> run {run_id}: {added} item(s) added")
+            print(f"synced {len(synced)} offline run(s) of {cfg.name}")
+            return 0
         if args.stage == "plan":
             from pipeline.planning.plan import default_throughput, load_throughput, plan
             path = args.throughput or default_throughput()
@@ -119,6 +134,9 @@ def main(argv=None) -> int:
             sys.stdout.write(plan(cfg, args.experiment, measured))
             return 0
         preflight.check(cfg, probe=True)            # before any compute: report.dir, and the store every job logs to
+        if args.stage == "drive":
+            from pipeline.stages.driver import drive
+            return drive(cfg.name, dry_run=kw["dry_run"])
         if args.stage == "report":
             from pipeline.report.build import place_build, report
             place_build(cfg) if args.from_build else report(cfg)

@@ -6,7 +6,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import catalog as colors
 from pipeline.config.loading import load
-from pipeline.infra.tracking import COMPARE_FILTER, Run, run_name
+from pipeline.infra.run_record import run_name
+from pipeline.infra.tracking import COMPARE_FILTER, Run
 
 CELL = {"dataset": "synthetic", "arch": "resnet20", "seed": 0, "sparsity": 0.9}
 

@@ -38,6 +38,10 @@ CHECKS = {
         ("run", "python -m pipeline export_dvc --experiment paper > dvc.yaml && grep -c cifar100 dvc.yaml",
          ""),
     "snakemake --report report.html --configfile configs/smoke.yaml": ("test", E2E),
+    **{cmd: ("test", "tests/test_offline.py (an 8-job DAG offline, driven without the stack, synced)") for cmd in (
+        "FOURIER_MBP_TRACKING=offline snakemake --cores all --configfile configs/smoke.yaml",
+        "python -m pipeline sync --experiment smoke", "python -m pipeline export_jobs --experiment smoke",
+        "python -m pipeline drive --experiment smoke")},
     "make dag": ("run", "make dag && grep -c '<svg' docs/dag.svg", "1"),
     **{cmd: ("test", "tests/test_share.py (three clones and a folder remote; the same commands)") for cmd in (
         "dvc remote add -d --local shared /shared/fourier-mbp-dvc", "make push EXPERIMENT=smoke",

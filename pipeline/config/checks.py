@@ -10,7 +10,7 @@ import sys
 from pipeline.config import catalog
 from pipeline.config.catalog import CATALOG, METHODS
 from pipeline.config.schema import (ARCHS, FILTERED, FILTERS, GMP_SCOPES, LR_SCHEDULES, NAME_CHARS, SCHEDULES, SOURCES,
-                                    TORCHVISION_DATASETS, TRACKING_SCHEMES, ClaimCfg, Config, MethodsCfg, _coerce,
+                                    TORCHVISION_DATASETS, TRACKING_MODES, TRACKING_SCHEMES, ClaimCfg, Config, MethodsCfg, _coerce,
                                     full_band_radius)
 from pipeline.errors import ConfigError
 from pipeline.config.layout import ROOT, report_build, resolve_path
@@ -203,6 +203,7 @@ def _check(c: Config) -> None:
               f"a mapping with a cost for every arch of the grid (missing: {a})")
     for a, m in res.minutes_per_epoch.items():
         _need(m > 0, f"resources.minutes_per_epoch.{a}", m, "positive (minutes)")
+    _need(c.tracking.mode in TRACKING_MODES, "tracking.mode", c.tracking.mode, f"one of {TRACKING_MODES}")
     _need(c.tracking.uri.startswith(TRACKING_SCHEMES), "tracking.uri", c.tracking.uri,
           f"an MLflow store starting with one of {TRACKING_SCHEMES} (a SQLite file, or a tracking server "
           f"http://host:port)")

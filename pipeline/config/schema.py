@@ -156,11 +156,13 @@ class ResourcesCfg:
 
 
 TRACKING_SCHEMES = ("sqlite:///", "http://", "https://")
+TRACKING_MODES = ("auto", "online", "offline")
 
 
 @dataclass
 class TrackingCfg:
     uri: str = "sqlite:///mlruns.db"
+    mode: str = "auto"        # online (MLflow) | offline (a record per run, `sync` later) | auto: offline without mlflow
 
 
 @dataclass

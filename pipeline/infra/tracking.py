@@ -16,20 +16,21 @@ on a network filesystem is not to be trusted). A resumed job continues its run.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import os
 import socket
-import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.config.catalog import color
-from pipeline.config.layout import ROOT, digest
+from pipeline.config.layout import ROOT
 from pipeline.config.schema import Config
-from pipeline.errors import ConfigError
-from pipeline.errors import TrackingDown
-from pipeline.infra.provenance import invocation
+from pipeline.errors import ConfigError, TrackingDown
+from pipeline.infra import offline
+from pipeline.infra.run_record import alive, job, new_tags, param_items, run_name
+
+MODE_ENV = "FOURIER_MBP_TRACKING"     # online | offline: overrides tracking.mode
 
 COMPARE_FILTER = 'tags.stage = "retrain" and tags.superseded = "false"'   # the README and tests use it
 DESCRIPTION = """\
@@ -44,7 +45,34 @@ Compare the methods (Runs, table view):
 Spectral evaluations: `tags.stage = "spectral"` (band curves and heat map under each run's artifacts, figures/).
 The written report with claims and intervals: runs/{name}/report/README.md.
 """
-JOB_TAGS = ("dataset", "arch", "seed", "sparsity", "method")    # with `stage`: which job a run belongs to
+
+
+def mode(cfg: Config) -> str:
+    """online or offline: FOURIER_MBP_TRACKING, else tracking.mode; `auto` is offline where mlflow is missing."""
+    m = os.environ.get(MODE_ENV) or cfg.tracking.mode
+    if m not in ("auto", "online", "offline"):
+        raise ConfigError(f"{MODE_ENV} = {m!r}: must be online, offline or auto")
+    if m == "auto":
+        try:
+            found = importlib.util.find_spec("mlflow") is not None
+        except (ImportError, ValueError):
+            found = False
+        m = "online" if found else "offline"
+    return m
+
+
+def Run(cfg: Config, stage: str, tags: dict, params: dict, run_id: str | None = None):
+    """The tracking run of one job: an MLflow run, or offline a record to sync later (infra/offline.py)."""
+    cls = MlflowRun if mode(cfg) == "online" else offline.OfflineRun
+    return cls(cfg, stage, tags, params, run_id)
+
+
+def sync(cfg: Config) -> list[tuple[str, str, int]]:
+    """Every offline record of the experiment replayed into the store (checked first, all of them): returns
+    (record, MLflow run id, items added) per record."""
+    check_uri(cfg, probe=True)
+    records = [(p, offline.read_record(p)) for p in offline.pending(cfg.name)]
+    return [(p.name, *MlflowRun.replay(cfg, rec, p.parent)) for p, rec in records]
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -54,11 +82,14 @@ def tracking_uri(cfg: Config) -> str:
     return uri
 
 
-def check_uri(cfg: Config, probe: bool = False) -> str:
+def check_uri(cfg: Config, probe: bool = False, offline_ok: bool = True) -> str:
     """The tracking URI, checked before any compute: a SQLite store's folder must exist (nothing creates
     it silently: a typo would scatter runs into a new folder); with `probe`, a tracking server must answer
-    its /health request. The error names the URI and its source."""
+    its /health request. The error names the URI and its source. Offline, no store is needed (`sync` checks
+    it when it runs)."""
     uri = tracking_uri(cfg)
+    if offline_ok and mode(cfg) == "offline":
+        return uri
     source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri"
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):]).resolve()
@@ -143,38 +174,12 @@ def _alive(pid: str | None) -> bool:
     return True
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def run_name(tags: dict) -> str:
-    """Method and cell first (what a reader compares), then stage and data: `kd s0.9 seed0 | retrain c10/r20`."""
-    cell = " ".join(x for x in (tags.get("method"), f"s{tags['sparsity']}" if tags.get("sparsity") not in
-                                (None, "0.0") else None, f"seed{tags['seed']}" if "seed" in tags else None) if x)
-    where = "/".join(tags[k] for k in ("dataset", "arch") if k in tags)
-    return " | ".join(x for x in (cell, " ".join(x for x in (tags["stage"], where) if x)) if x)
-
-
-class Run:
+class MlflowRun:
     """One MLflow run for one job. Use as a context manager: an exception marks it FAILED with the message."""
 
     def __init__(self, cfg: Config, stage: str, tags: dict, params: dict, run_id: str | None = None):
         from mlflow.tracking import MlflowClient   # imported here: stages that never track skip its import cost
-        self.uri = check_uri(cfg)
+        self.uri = check_uri(cfg, offline_ok=False)
         self.lock = _lock_path(self.uri)
         if self.lock is None:                       # a tracking server: its outage bounded (SERVER_BOUNDS)
             for k, v in SERVER_BOUNDS.items():
@@ -187,43 +192,100 @@ class Run:
         self._call(self._start, stage, tags, params, run_id, cfg.name)
 
     def _start(self, stage, tags, params, run_id, experiment):
-        exp = self.client.get_experiment_by_name(self.experiment)
-        if exp is None:
-            # Artifacts beside a SQLite store (tests and users moving the store move them too).
-            art = (self.lock.parent / "mlartifacts" / self.experiment).resolve().as_uri() \
-                if self.uri.startswith("sqlite:///") else None      # a server: its artifact root
-            try:
-                exp_id = self.client.create_experiment(
-                    self.experiment, artifact_location=art,
-                    tags={"mlflow.note.content": DESCRIPTION.format(name=self.experiment, filter=COMPARE_FILTER),
-                          "mlflow.experimentKind": "custom_model_development"})   # the UI opens on "Model training"
-            except Exception as e:  # noqa: BLE001 - on a tracking server (no lock) another job may create it first
-                if "RESOURCE_ALREADY_EXISTS" not in str(e):
-                    raise
-                exp_id = self.client.get_experiment_by_name(self.experiment).experiment_id
-        else:
-            exp_id = exp.experiment_id
-        job = {"stage": stage, **{k: str(v) for k, v in tags.items() if k in JOB_TAGS}}
-        alive = {"project": str(ROOT), "host": socket.gethostname(), "pid": str(os.getpid())}
+        exp_id = self._experiment_id()
+        this = job(stage, tags)
+        record = offline.records_dir(experiment) / f"{run_id}.json" if run_id is not None else None
+        if record is not None and not self._exists(run_id) and record.is_file():
+            # resumed here from a checkpoint an offline job wrote: its record first, then that run continues
+            run_id = self._replay(exp_id, offline.read_record(record), record.parent)[0]
+            self.run_id = run_id
         if run_id is not None and self._exists(run_id):
             from mlflow.entities import RunTag
             self.client.update_run(run_id, status="RUNNING")   # a resumed job continues its own run
-            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in alive.items()])
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in alive(ROOT).items()])
         else:                                                  # (a new run if that store was deleted)
-            tool, tool_id = invocation()
-            tags = {"stage": stage, "git_commit": git_commit(), "experiment": experiment,
-                    **{k: str(v) for k, v in tags.items()}}
-            tags.update(params_digest=digest({"stage": stage, **tags, "params": params}, drop=("git_commit",)),
-                        invocation=tool, invocation_id=tool_id, superseded="false", **alive)
-            if "method" in tags:
-                tags["mlflow.runColor"] = color(tags["method"])      # the figures' colour in the UI too
-            self.run_id = self.client.create_run(exp_id, tags=tags, run_name=run_name(tags)).info.run_id
-            self._supersede(exp_id, job)
-            from mlflow.entities import Param
-            items = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(params).items())]
-            for i in range(0, len(items), 100):
-                self.client.log_batch(self.run_id, params=items[i:i + 100])
-        self._close_killed(exp_id, job)
+            full = new_tags(experiment, stage, tags, params, ROOT)
+            self.run_id = self.client.create_run(exp_id, tags=full, run_name=run_name(full)).info.run_id
+            self._supersede(exp_id, this)
+            self._log_params(param_items(params))
+        self._close_killed(exp_id, this)
+
+    def _log_params(self, items: dict) -> None:
+        from mlflow.entities import Param
+        items = [Param(k, v) for k, v in items.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    @classmethod
+    def replay(cls, cfg: Config, record: dict, folder: Path) -> tuple[str, int]:
+        """One offline record into the store, as the run it would have been: (run id, items added)."""
+        self = cls.__new__(cls)
+        self.uri = check_uri(cfg, offline_ok=False)
+        self.lock = _lock_path(self.uri)
+        from mlflow.tracking import MlflowClient
+        self.client = self._call(MlflowClient, self.uri)
+        self.experiment = cfg.name
+        self.run_id = None
+        return self._call(self._replay, self._experiment_id(), record, folder)
+
+    def _replay(self, exp_id: str, rec: dict, folder: Path) -> tuple[str, int]:
+        """What the record holds and the run lacks, logged: nothing twice, whatever was synced before."""
+        from mlflow.entities import Metric, RunTag
+        found = list(self.client.search_runs([exp_id], f"tags.offline_id = '{rec['id']}'", max_results=1))
+        added = 0
+        if found:
+            self.run_id = found[0].info.run_id
+        elif rec.get("continues") and self._exists(rec["continues"]):
+            self.run_id = rec["continues"]                      # an online run resumed offline: one run
+        else:
+            tags = {**rec["tags"], "offline_id": rec["id"]}
+            self.run_id = self.client.create_run(exp_id, start_time=rec["start_ms"], tags=tags,
+                                                 run_name=rec["name"]).info.run_id
+            self._supersede(exp_id, rec["job"])
+            self._log_params(rec["params"])
+            added += 1 + len(rec["params"])
+        run = self.client.get_run(self.run_id)
+        # the tags the job set as it ran; what says who the run is (set when it was created, or by the online
+        # run it continues) and whether a later run superseded it stays as the store has it
+        own = ("superseded", "superseded_by", "params_digest", "invocation", "invocation_id", "git_commit")
+        tags = {k: str(v) for k, v in {**rec["tags"], "offline_id": rec["id"]}.items()
+                if k not in own and run.data.tags.get(k) != str(v)}
+        if tags:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        have = {}
+        for key in {m[0] for m in rec["metrics"]}:
+            have[key] = {(m.step, m.timestamp) for m in self.client.get_metric_history(self.run_id, key)}
+        todo = [Metric(k, v, ts, step) for k, v, step, ts in rec["metrics"] if (step, ts) not in have[k]]
+        for i in range(0, len(todo), 500):
+            self.client.log_batch(self.run_id, metrics=todo[i:i + 500])
+        added += len(todo)
+        for a in rec["artifacts"]:
+            there = {Path(f.path).name for f in self.client.list_artifacts(self.run_id, a["subdir"])}
+            if Path(a["file"]).name not in there:
+                self.client.log_artifact(self.run_id, str(folder / a["file"]), a["subdir"])
+                added += 1
+        if rec["status"] != "RUNNING" and run.info.status != rec["status"]:
+            self.client.set_terminated(self.run_id, rec["status"], end_time=rec.get("end_ms"))
+            added += 1
+        return self.run_id, added
+
+    def _experiment_id(self) -> str:
+        """The experiment's id, created with its description if it is new."""
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        # Artifacts beside a SQLite store (tests and users moving the store move them too).
+        art = (self.lock.parent / "mlartifacts" / self.experiment).resolve().as_uri() \
+            if self.uri.startswith("sqlite:///") else None      # a server: its artifact root
+        try:
+            return self.client.create_experiment(
+                self.experiment, artifact_location=art,
+                tags={"mlflow.note.content": DESCRIPTION.format(name=self.experiment, filter=COMPARE_FILTER),
+                      "mlflow.experimentKind": "custom_model_development"})   # the UI opens on "Model training"
+        except Exception as e:  # noqa: BLE001 - on a tracking server (no lock) another job may create it first
+            if "RESOURCE_ALREADY_EXISTS" not in str(e):
+                raise
+            return self.client.get_experiment_by_name(self.experiment).experiment_id
 
     def _same_job(self, exp_id: str, job: dict, extra: str):
         """The other runs of this job (same stage and cell) from this project folder: a clone elsewhere

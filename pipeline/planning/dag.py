@@ -20,8 +20,9 @@ from pipeline.config.loading import experiment_path, merged_raw
 from pipeline.config.schema import lookup
 
 
-def snakemake_jobs(experiment: str | None) -> list[dict]:
-    """Every job Snakemake plans for the experiment (forced: all of them), as plain dicts."""
+def snakemake_jobs(experiment: str | None, cores: int = 1) -> list[dict]:
+    """Every job Snakemake plans for the experiment (forced: all of them), as plain dicts. `cores`: what
+    Snakemake caps each rule's threads at (dvc.yaml: 1; the driver: every rule's own threads)."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
 
@@ -30,7 +31,7 @@ def snakemake_jobs(experiment: str | None) -> list[dict]:
     jobs = []
     with contextlib.redirect_stdout(_io.StringIO()), contextlib.redirect_stderr(_io.StringIO()):
         with SnakemakeApi(OutputSettings()) as api:
-            wf_api = api.workflow(resource_settings=ResourceSettings(cores=1),
+            wf_api = api.workflow(resource_settings=ResourceSettings(cores=cores),
                                   config_settings=ConfigSettings(configfiles=configfiles),
                                   snakefile=ROOT / "Snakefile", workdir=ROOT)
             wf_api.dag(DAGSettings(forceall=True))

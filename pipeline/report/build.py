@@ -22,7 +22,8 @@ from pipeline.config.layout import REPORT_BUILD, resolve_path
 from pipeline.config.schema import Config
 from pipeline.config.catalog import CHAIN_METHODS, EQUAL_BUDGET
 from pipeline.report.signature_table import CONTROLS, MEASURES, measure, signature, signature_radii
-from pipeline.infra.tracking import Run, git_commit
+from pipeline.infra.run_record import git_commit
+from pipeline.infra.tracking import Run
 
 
 def _jobs(cfg: Config):
