@@ -295,11 +295,11 @@ def test_train_seconds_add_up_across_processes(tmp_path, monkeypatch):
     kill = False
     resumed = []
     out = T.run(recipe(), models.build("resnet20", 10, 0.25), _tiny_data(), CPU, 0, ckpt, "k", log=log,
-                resumed=lambda *where: resumed.append(where))
+                on_resume=lambda *where: resumed.append(where))
     assert out.seconds == 10.0 and out.epochs == 2
     assert resumed == [(1, 0, 1)]            # said once: 1 epoch done, round 0, its epoch 1
     once = T.run(recipe(), models.build("resnet20", 10, 0.25), _tiny_data(), CPU, 0, tmp_path / "u.pt", "k", log=log,
-                 resumed=lambda *where: resumed.append(where))
+                 on_resume=lambda *where: resumed.append(where))
     assert once.seconds == 10.0 and resumed == [(1, 0, 1)]     # a fresh start says nothing
 
 

@@ -154,7 +154,7 @@ def test_a_record_with_a_bad_digest_is_refused_before_anything_is_synced(offline
     bad = project_copy(tmp_path / "bad")
     (bad / "configs" / "t.yaml").write_text(TINY)
     shutil.copytree(records_dir_of(repo), bad / "runs" / "t" / "tracking")
-    victim = sorted((bad / "runs" / "t" / "tracking").glob("*.json"))[-1]
+    victim = next(p for p in sorted((bad / "runs" / "t" / "tracking").glob("*.json")) if json.loads(p.read_text())["metrics"])
     rec = json.loads(victim.read_text())
     rec["metrics"][0][1] += 0.25                       # an edited metric: the digest no longer matches
     victim.write_text(json.dumps(rec))
