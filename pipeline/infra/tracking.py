@@ -178,18 +178,22 @@ class MlflowRun:
     """One MLflow run for one job. Use as a context manager: an exception marks it FAILED with the message."""
 
     def __init__(self, cfg: Config, stage: str, tags: dict, params: dict, run_id: str | None = None):
+        self._connect(cfg)
+        self.run_id = run_id
+        self._call(self._start, stage, tags, params, run_id, cfg.name)
+
+    def _connect(self, cfg: Config) -> None:
+        """The store, checked; its lock (SQLite) or a tracking server's outage bounded (SERVER_BOUNDS)."""
         from mlflow.tracking import MlflowClient   # imported here: stages that never track skip its import cost
         self.uri = check_uri(cfg, offline_ok=False)
         self.lock = _lock_path(self.uri)
-        if self.lock is None:                       # a tracking server: its outage bounded (SERVER_BOUNDS)
+        if self.lock is None:
             for k, v in SERVER_BOUNDS.items():
                 os.environ.setdefault(k, v)
         # Under the lock too: creating the client creates (migrates) a fresh store's tables, and parallel
         # jobs doing that at once fail ("table _alembic_tmp_... already exists", "database is locked").
         self.client = self._call(MlflowClient, self.uri)
         self.experiment = cfg.name
-        self.run_id = run_id
-        self._call(self._start, stage, tags, params, run_id, cfg.name)
 
     def _start(self, stage, tags, params, run_id, experiment):
         exp_id = self._experiment_id()
@@ -220,11 +224,7 @@ class MlflowRun:
     def replay(cls, cfg: Config, record: dict, folder: Path) -> tuple[str, int]:
         """One offline record into the store, as the run it would have been: (run id, items added)."""
         self = cls.__new__(cls)
-        self.uri = check_uri(cfg, offline_ok=False)
-        self.lock = _lock_path(self.uri)
-        from mlflow.tracking import MlflowClient
-        self.client = self._call(MlflowClient, self.uri)
-        self.experiment = cfg.name
+        self._connect(cfg)
         self.run_id = None
         return self._call(self._replay, self._experiment_id(), record, folder)
 
