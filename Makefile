@@ -17,7 +17,7 @@ FAST_TESTS := tests/test_config.py tests/test_dag.py tests/test_frequency.py tes
               tests/test_progress.py tests/test_mlflow_runs.py tests/test_readme.py tests/test_verdicts.py \
               tests/test_train_step.py tests/test_captured.py tests/test_plan.py tests/test_resources.py \
               tests/test_models.py tests/test_recipes.py tests/test_teacher.py tests/test_report_tables.py \
-              tests/test_versions.py tests/test_cost.py tests/test_index.py tests/test_schedules.py \
+              tests/test_versions.py tests/test_cost.py tests/test_curves.py tests/test_index.py tests/test_schedules.py \
               tests/test_reinit.py tests/test_readme_numbers.py
 
 .PHONY: install smoke reproduce reproduce-slurm test test-fast mutation ui bench dvc-smoke dvc-adopt clean-smoke publish dag \

@@ -252,7 +252,7 @@ rule spectral:
 
 
 rule report:
-    """summary.csv, spectral.csv and README.md with tables, plots and the claims' verdicts, built in
+    """summary.csv, spectral.csv, curves.csv and README.md with tables, plots and the claims' verdicts, built in
     runs/<name>/report_build/ with their manifest, then copied into report.dir (by default runs/<name>/report/)."""
     input:
         expand(DENSE + "/metrics.json", dataset=G.datasets, arch=G.archs, seed=G.seeds),
@@ -265,6 +265,7 @@ rule report:
     output:
         summary=report(f"{REPORT}/summary.csv", caption="docs/report/summary.rst", category="Summary"),
         spectral=f"{REPORT}/spectral.csv",
+        curves=f"{REPORT}/curves.csv",
         readme=report(f"{REPORT}/README.md", caption="docs/report/readme.rst", category="Report"),
         metrics=f"{REPORT}/metrics.json",
         plots=report(directory(f"{REPORT}/figures"), patterns=["{name}.png"], category="Figures",

@@ -162,6 +162,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for gpu_check's JSON")
     p.add_argument("--kinds", default=",".join(gpu_check.KINDS), help="with --emulate: the steps its capture check "
                                                                        "examines (default: all)")
+    p.add_argument("--experiment", default=None, help="gpu_check measures this experiment's archs, width and batch "
+                   "(the GPU turn: the rows `plan --experiment` prices it by), and plan prices it")
+    p.add_argument("--steps", type=int, default=None, help="gpu_check's steps per timed epoch (default: its 351)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     s = sizes(a.quick)
@@ -180,7 +183,8 @@ def main(argv=None) -> int:
         if a.emulate:                              # the capture check on the CPU, then the CPU's rows
             rc = gpu_check.main(flags + ["--emulate", "--kinds", a.kinds])
             rows.append(("gpu_check: capture check (emulated)", rc == 0, f"exit status {rc}"))
-        rc = gpu_check.main(flags + ["--out", str(out)])
+        rc = gpu_check.main(flags + ["--out", str(out)] + (["--experiment", a.experiment] if a.experiment else [])
+                            + (["--steps", str(a.steps)] if a.steps else []))
         made = sorted(set(out.glob("throughput-*.json")) - before) or sorted(out.glob("throughput-*.json"),
                                                                               key=lambda f: f.stat().st_mtime)
         path = made[-1] if made else None
@@ -200,7 +204,7 @@ def main(argv=None) -> int:
         rows.append(("train.run captured vs eager, kill and resume", False, f"{type(e).__name__}: {str(e)[:300]}"))
     finally:
         torch.set_num_threads(threads)
-    rows.append(plan_row(path, "smoke" if a.quick else None))
+    rows.append(plan_row(path, a.experiment or ("smoke" if a.quick else None)))
     print("\n| step | ok | measured |\n|---|---|---|")
     for name, ok, detail in rows:
         print(f"| {name} | {dict([(True, 'ok'), (False, 'MISS'), (None, '-')])[ok]} | {detail.replace('|', '/')} |")

@@ -327,6 +327,8 @@ def main(argv=None) -> int:
     p.add_argument("--kinds", default=",".join(KINDS), help="steps the capture check examines (default: all)")
     p.add_argument("--steps", type=int, default=None, help="steps per timed epoch (default 351 = a CIFAR-10 epoch)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON")
+    p.add_argument("--experiment", default=None, help="measure at this experiment's width, batch and runtime (and, "
+                   "on the CPU, its resources.threads per job), so that `plan --experiment` can price it")
     p.add_argument("--emulate", action="store_true", help="the capture check alone, on the CPU, under the emulation "
                                                           "of CUDA graphs (benchmarks/emulation.py); no JSON")
     p.add_argument("--inject", choices=FAULTS, default=None, help="with --emulate: a wrong captured step to catch")
@@ -341,7 +343,7 @@ def main(argv=None) -> int:
     kinds = a.kinds.split(",")
     if bad := [k for k in kinds if k not in KINDS]:
         p.error(f"--kinds: unknown step {bad} (choose from {', '.join(KINDS)})")
-    cfg = loading.load()
+    cfg = loading.load(a.experiment)
     rt = replace(T.runtime(cfg), compile=False)
     if a.emulate:
         return emulated(rt, a, kinds)
@@ -349,8 +351,8 @@ def main(argv=None) -> int:
     width, batch = (0.125, 16) if a.quick else (cfg.model.width, cfg.train.batch_size)
     steps = a.steps or (4 if a.quick else 351)
     archs = a.archs.split(",") if a.archs else (list(cfg.grid.archs) if cuda and not a.quick else ["resnet20"])
-    if not cuda:
-        torch.set_num_threads(1 if a.quick else torch.get_num_threads())
+    if not cuda:           # on the CPU a job's share of the cores: what the DAG gives each job
+        torch.set_num_threads(1 if a.quick else cfg.resources.threads if a.experiment else torch.get_num_threads())
     head = machine() + [f"runtime: device {rt.device}, bf16 {rt.amp}, channels_last {rt.channels_last}, "
                         f"cuda_graphs {rt.graphs}; batch {batch}, width {width}, {steps} steps per timed epoch",
                         versions()]
@@ -360,7 +362,8 @@ def main(argv=None) -> int:
     result = {"device": torch.cuda.get_device_name() if cuda else f"CPU {cpu}",
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "torch": torch.__version__, "cuda": torch.version.cuda, "batch": batch, "width": width,
-              "steps_per_epoch": steps, "cuda_graphs": rt.graphs, "quick": a.quick, "img_per_s": {},
+              "steps_per_epoch": steps, "cuda_graphs": rt.graphs, "quick": a.quick, "experiment": cfg.name,
+              "threads": torch.get_num_threads(), "img_per_s": {},
               "reference_img_per_s": {}, "capture_check": {}, "concurrent_img_per_s": {}, "peak_gpu_mb": {},
               "concurrent_peak_gpu_mb": {}, "errors": []}
     # A session may get one GPU run: whatever fails, what was measured before it is still written (and the

@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     stage("export_jobs", help="write runs/<name>/jobs.json, the DAG's jobs in order, for `drive` (needs Snakemake)")
     s = stage("drive", help="run runs/<name>/jobs.json's jobs that are not done, in order, without Snakemake")
     s.add_argument("--dry-run", action="store_true", help="list what would run")
+    s.add_argument("--jobs", type=int, default=1, help="jobs at once (each gets its share of the cores)")
+    s.add_argument("--until", type=float, default=None, help="seconds: then no job starts and the running ones "
+                   "stop (they resume from their checkpoints); exit status 75")
     s = stage("plan", help="the grid's jobs, epochs per method and estimated device-hours from measured img/s")
     s.add_argument("--throughput", default=None, help="img/s file from benchmarks/gpu_check.py (default: the "
                                                       "newest benchmarks/results/throughput-*.json)")
@@ -136,7 +139,7 @@ def main(argv=None) -> int:
         preflight.check(cfg, probe=True)            # before any compute: report.dir, and the store every job logs to
         if args.stage == "drive":
             from pipeline.stages.driver import drive
-            return drive(cfg.name, dry_run=kw["dry_run"])
+            return drive(cfg.name, dry_run=kw["dry_run"], jobs=kw["jobs"], until=kw["until"])
         if args.stage == "report":
             from pipeline.report.build import place_build, report
             place_build(cfg) if args.from_build else report(cfg)

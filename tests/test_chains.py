@@ -168,6 +168,7 @@ def test_chain_stage_writes_every_level_with_its_own_metrics_and_run(tmp_path, e
     for s, rounds in ((0.5, 1), (0.9, 3)):       # rate 0.6: lands on 0.5 in round 1, prunes to 0.8, lands on 0.9
         m = io.read_json(tmp_path / "retrain" / f"s{s}" / "imp" / "metrics.json")
         assert (m["rounds"], m["epochs"], m["chain_levels"]) == (rounds, rounds, 2)
+        assert len(m["val_history"]) == m["epochs"]         # its learning curve: the chain's epochs up to it
         assert m["nonzero"] == m["prunable"] - round(s * m["prunable"])
     assert not list((tmp_path / "runs").rglob("chain-*.pt")), "the chain's checkpoint outlived the job"
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])

@@ -243,8 +243,8 @@ def test_publish_then_clean(smoke, tmp_path):
     repo, env = mine.repo, mine.env
     sh(make("publish EXPERIMENT=smoke", repo), repo, env)
     out = repo / "results" / "smoke"
-    assert sorted(p.name for p in out.iterdir()) == [".fourier-mbp-report.json", "README.md", "figures",
-                                                      "metrics.json", "spectral.csv", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".fourier-mbp-report.json", "README.md", "curves.csv",
+                                                      "figures", "metrics.json", "spectral.csv", "summary.csv"]
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
         p.name for p in (repo / "runs/smoke/report/figures").glob("*.png"))
     sh(make("clean-smoke", repo), repo, env)

@@ -91,7 +91,7 @@ def test_estimate_counts_images_and_hours_per_job():
 
 def test_plan_cli_prints_rows_and_says_what_is_not_measured(tmp_path, env):
     partial = tmp_path / "throughput-test.json"
-    partial.write_text(json.dumps({"device": "Test card", "date": "2026-11-27", "batch": 128, "width": 0.25,
+    partial.write_text(json.dumps({"device": "Test card", "date": "2026-11-27", "batch": 32, "width": 0.25,
                                    "img_per_s": {"resnet20": {"dense": 1024}}}))
     p = run_stage("plan", "--experiment", "smoke", "--throughput", partial, env=env)
     assert p.returncode == 0, p.stderr
@@ -114,3 +114,22 @@ def test_plan_without_a_measurement_says_unknown_not_zero():
     total = out.strip().splitlines()[-1]
     assert total.startswith("total: unknown: no measurement for the rows ") and "measured rows alone" not in total
     assert all(f" {row}" in total for row in ("dense", "finetune", "spectral")) and "gpu_check" in total
+
+
+def test_a_measurement_at_another_width_or_batch_prices_nothing_and_says_so():
+    cfg = loading.load("smoke")                                        # width 0.25, batch 32
+    other = {"device": "Test card", "batch": 128, "width": 1.0, "img_per_s": RATES}
+    rows = P.estimate(cfg, "smoke", other)
+    assert all(r["missing"] for r in rows.values() if r["images"])
+    out = P.plan(cfg, "smoke", other)
+    assert "measured at width 1.0, batch 128; this experiment trains width 0.25, batch 32" in out
+    assert "gpu_check --experiment smoke" in out and out.strip().splitlines()[-1].startswith("total: unknown")
+
+
+def test_a_cpu_measurement_prices_the_wall_time_by_jobs_at_once():
+    cfg = loading.load("smoke")
+    cpu = {"device": "CPU AMD EPYC", "batch": 32, "width": 0.25, "threads": 1, "img_per_s": RATES}
+    seconds = sum(r["seconds"] for r in P.estimate(cfg, "smoke", cpu).values())
+    out = P.plan(cfg, "smoke", cpu)
+    assert f"total: {seconds / 3600:.3f} device-hours" in out
+    assert f"runs C/1 jobs at once: about {seconds / 3600:.3f} / C hours of wall time" in out

@@ -42,6 +42,9 @@ CHECKS = {
         "FOURIER_MBP_TRACKING=offline snakemake --cores all --configfile configs/smoke.yaml",
         "python -m pipeline sync --experiment smoke", "python -m pipeline export_jobs --experiment smoke",
         "python -m pipeline drive --experiment smoke")},
+    **{cmd: ("test", "tests/test_gpu_turn.py (the turn rehearsed on the CPU: pack, run twice, land)") for cmd in (
+        "python -m benchmarks.gpu_turn pack", "python -m benchmarks.gpu_turn run --until 480",
+        "python -m benchmarks.gpu_turn land --parts /path/to/returned/files")},
     "make dag": ("run", "make dag && grep -c '<svg' docs/dag.svg", "1"),
     **{cmd: ("test", "tests/test_share.py (three clones and a folder remote; the same commands)") for cmd in (
         "dvc remote add -d --local shared /shared/fourier-mbp-dvc", "make push EXPERIMENT=smoke",

@@ -216,6 +216,8 @@ def _check_claims(c: Config) -> None:
     rep = c.report
     _need(0 < rep.alpha < 0.5, "report.alpha", rep.alpha, "in (0, 0.5) (the level of each one-sided test)")
     _need(0 <= rep.min_sparsity < 1, "report.min_sparsity", rep.min_sparsity, "in [0, 1)")
+    _need(0 < rep.converged_gain < 100, "report.converged_gain", rep.converged_gain, "in (0, 100) percentage points")
+    _need(0 < rep.converged_tail < 1, "report.converged_tail", rep.converged_tail, "in (0, 1)")
     seen = set()
     for i, cl in enumerate(rep.claims):
         key = f"report.claims[{i}]"

@@ -184,6 +184,8 @@ class ReportCfg:
     chance_margin: float = 5.0        # percentage points above chance (pruning signature: radii kept)
     alpha: float = 0.05               # every test of every verdict (one-sided; TOST: each side)
     min_sparsity: float = 0.8         # a claim without sparsities covers the grid's sparsities >= this
+    converged_gain: float = 1.0       # percentage points of validation accuracy the last epochs may add ...
+    converged_tail: float = 0.25      # ... over this fraction of the dense epochs, for "converged"
     claims: list[ClaimCfg] = field(default_factory=list)
 
 

@@ -48,11 +48,25 @@ def load_throughput(path: Path) -> dict:
     return t
 
 
+def mismatch(cfg: Config, throughput: dict | None) -> str | None:
+    """Why a measurement cannot price this experiment: img/s at another width or batch size says nothing
+    about this one's (a step's cost grows about with the square of the width)."""
+    if not throughput:
+        return None
+    got = {"width": throughput.get("width"), "batch": throughput.get("batch")}
+    want = {"width": cfg.model.width, "batch": cfg.train.batch_size}
+    if any(got[k] is not None and got[k] != want[k] for k in got):
+        return (f"measured at width {got['width']}, batch {got['batch']}; this experiment trains width "
+                f"{want['width']}, batch {want['batch']}: measure with `python -m benchmarks.gpu_check "
+                f"--experiment {cfg.name}`")
+    return None
+
+
 def estimate(cfg: Config, experiment: str | None, throughput: dict | None) -> dict:
     """{row label: jobs, epochs, images, seconds, missing} over every job the Snakefile plans."""
     from pipeline.planning.dag import snakemake_jobs  # imports snakemake: only here
     sizes = {ds: split_sizes(cfg, ds) for ds in cfg.grid.datasets}
-    rates = (throughput or {}).get("img_per_s", {})
+    rates = (throughput or {}).get("img_per_s", {}) if not mismatch(cfg, throughput) else {}
     rows: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "epochs": 0, "images": 0, "seconds": 0.0,
                                                  "missing": set()})
     for job in snakemake_jobs(experiment):
@@ -83,6 +97,8 @@ def plan(cfg: Config, experiment: str | None, throughput: dict | None) -> str:
              f"{'jobs of':<20}{'jobs':>7}{'epochs':>9}{'images (M)':>13}{'device-hours':>14}  note"]
     if throughput and throughput.get("errors"):     # the device check stopped early or fell back to eager
         lines[1:1] = ["", "the measurement reports errors: " + "; ".join(throughput["errors"])]
+    if why := mismatch(cfg, throughput):
+        lines[1:1] = ["", f"the measurement does not price this experiment: {why}"]
     measured, unmeasured = 0.0, []
     for label, r in sorted(rows.items(), key=lambda kv: -kv[1]["images"]):
         if not r["images"]:
@@ -98,6 +114,11 @@ def plan(cfg: Config, experiment: str | None, throughput: dict | None) -> str:
     lines.append("")
     if not unmeasured:
         lines.append(f"total: {measured / 3600:.3f} device-hours, one job at a time")
+        if str(throughput.get("device", "")).startswith("CPU"):
+            n = throughput.get("threads") or 1     # the measurement's threads per job, as the DAG runs them
+            lines.append(f"on this CPU at {n} thread(s) a job, `snakemake --cores C` runs C/{n} jobs at once: "
+                         f"about {measured / 3600 * n:.3f} / C hours of wall time (start-up, validation and "
+                         "data preparation not counted)")
     else:    # a sum that leaves rows out is not a total: say so, and what would complete it
         lines.append(f"total: unknown: no measurement for the rows {', '.join(unmeasured)}"
                      + (f" (the measured rows alone: {measured / 3600:.3f} device-hours)" if measured else "")

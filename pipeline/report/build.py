@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pipeline.report import calibration, claims, figures, publish
+from pipeline.report import calibration, claims, cost_table, curves as learning, figures, publish
 from pipeline.core import cost
 from pipeline.infra import io
 from pipeline.config import layout
@@ -34,9 +34,9 @@ def _jobs(cfg: Config):
                 yield ds, arch, seed
 
 
-def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per model (summary) and one row per (model, band, radius) (spectral)."""
-    runs, rows, spec = layout.run_dir(cfg.name), [], []
+def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """One row per model (summary), one per (model, band, radius) (spectral), one per (model, epoch) (curves)."""
+    runs, rows, spec, curves = layout.run_dir(cfg.name), [], [], []
     for ds, arch, seed in _jobs(cfg):
         base = dict(dataset=ds, arch=arch, seed=seed)
         models = [(dict(base, sparsity=0.0, method="dense"), runs / layout.DENSE.format(dataset=ds, arch=arch, seed=seed) / "metrics.json",
@@ -53,7 +53,7 @@ def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                                                 "train_seconds", "hardware"), schema=io.METRICS)
                 if missing := [k for k in cost.COLUMNS if k not in m]:
                     raise io.CorruptFile(f"{metrics}: no {', '.join(missing)}: written before cost accounting "
-                                         "(pipeline/cost.py); rerun its job (snakemake --forcerun train_dense "
+                                         "(pipeline/core/cost.py); rerun its job (snakemake --forcerun train_dense "
                                          "retrain chain)")
                 rows.append({**key, "group": _group(key["method"]), "val_acc": m["val_acc"],
                              "test_acc": m["test_acc"], "test_agreement": m.get("test_agreement", 1.0),
@@ -61,6 +61,7 @@ def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                              **{k: m[k] for k in cost.COLUMNS},
                              "epochs": m["epochs"], "rounds": m.get("rounds"), "train_seconds": m["train_seconds"],
                              "hardware": m["hardware"]})
+                curves += learning.rows({**key, "group": _group(key["method"])}, m.get("val_history", []))
             sj = io.read_json(spectral, keys=("radii", "filter", "low_acc", "high_acc", "heatmap_seconds"),
                               schema=io.SPECTRAL)
             # the pruned topology's json also holds its controlled variants (signature.py): one row set each
@@ -72,7 +73,7 @@ def collect(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                                      "kappa": v.get(f"{band}_kappa", [None] * 99)[i],
                                      "heatmap_seconds": v.get("heatmap_seconds"),    # variants: no heat map
                                      **_match(v.get("match"))})
-    return pd.DataFrame(rows), pd.DataFrame(spec)
+    return pd.DataFrame(rows), pd.DataFrame(spec), pd.DataFrame(curves)
 
 
 GROUPS = ("one-shot (equal budget)", "extra cost")     # the tables' groups after dense, in order
@@ -209,10 +210,11 @@ def report(cfg: Config) -> None:
     figs = out / "figures"
     figs.mkdir(parents=True)
     with Run(cfg, "report", {}, cfg.section("report", "grid")) as run:
-        summary, spec = collect(cfg)
+        summary, spec, curves = collect(cfg)
         summary = summary.sort_values(["dataset", "arch", "sparsity", "method", "seed"])
         io.write_text(out / "summary.csv", summary.to_csv(index=False))
         io.write_text(out / "spectral.csv", spec.to_csv(index=False))
+        io.write_text(out / "curves.csv", curves.to_csv(index=False))
         hardware = ", ".join(sorted(summary.hardware.unique()))
         lines = [f"# Report: experiment `{cfg.name}`", "",
                  f"- Experiment: `{cfg.name}` (params.yaml" + ("" if cfg.name == "paper" else f" + configs/{cfg.name}.yaml")
@@ -235,10 +237,16 @@ def report(cfg: Config) -> None:
                 tag = f"{ds}_{arch}"
                 lines += [f"## {ds} / {arch}", "", "### Test accuracy", "", main_table(summary, ds, arch), ""]
                 lines += ["### Cost: nonzero MACs and parameters", "",
-                          cost.table(summary, ds, arch, ("dense",) + GROUPS), ""]
+                          cost_table.table(summary, ds, arch, ("dense",) + GROUPS), ""]
                 figures.sparsity(summary, ds, arch, figs / f"accuracy_vs_sparsity_{tag}.png", GROUPS)
                 lines += [f"![accuracy vs sparsity](figures/accuracy_vs_sparsity_{tag}.png)", ""]
                 comp = comparisons(summary, ds, arch)
+                drawn = None
+                if not curves.empty:
+                    top = max(cfg.grid.sparsities)
+                    drawn = f"figures/learning_curves_{tag}_s{top}.png"
+                    figures.learning_curves(curves, ds, arch, top, out / drawn, GROUPS)
+                lines += learning.section(curves, ds, arch, cfg, drawn)
                 lines += ["### Paired differences (test accuracy, percentage points; 95% t-interval over seeds)", "",
                           "Per comparison, not adjusted for testing many: the Claims below state their own rule.", "",
                           "| vs | sparsity | method | difference |", "|---|---|---|---|"]
@@ -292,10 +300,11 @@ def report(cfg: Config) -> None:
         lines += ["## Cost", "", f"Fourier heat map: {heat.mean():.2f} s per model on average "
                   f"({cfg.spectral.heatmap_images} images, {hardware}).", "",
                   "Files: summary.csv (one row per model), spectral.csv (one row per model, band and radius), "
+                  "curves.csv (one row per model and epoch: validation accuracy), "
                   "metrics.json (for `dvc metrics show`), figures/."]
         io.write_text(out / "README.md", "\n".join(lines) + "\n")
         io.write_json(out / "metrics.json", metrics)
-        for f in (out / "summary.csv", out / "spectral.csv", out / "README.md"):
+        for f in (out / "summary.csv", out / "spectral.csv", out / "curves.csv", out / "README.md"):
             run.log_artifact(f)
         for f in sorted(figs.glob("*.png")):
             run.log_artifact(f, "figures")

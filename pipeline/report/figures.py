@@ -139,3 +139,21 @@ def model_spectrum(res: dict, heat, title: str, path):
     fig.colorbar(im, ax=hx, label="error rate (%)")
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
+
+
+def learning_curves(curves, ds, arch, s, path, groups):
+    """Validation accuracy per epoch: one panel per group of the tables, the dense teachers in each; one thin
+    line per seed, one colour per method (a chain's epochs run through its rounds)."""
+    df = curves[(curves.dataset == ds) & (curves.arch == arch) & ((curves.sparsity == s) | (curves.method == "dense"))]
+    order = ordered(df, groups)
+    fig, axes = plt.subplots(1, max(1, len(order)), figsize=(5.5 * max(1, len(order)), 4), sharey=True,
+                             layout="constrained", squeeze=False)
+    for ax, (g, ms) in zip(axes[0], order or [("dense", [])]):
+        for m in ("dense", *ms):
+            for k, (_, run) in enumerate(df[df.method == m].groupby("seed")):
+                ax.plot(run.epoch, 100 * run.val_acc, color=color(m), lw=2 if m == "dense" else 1, alpha=0.8,
+                        label=m if k == 0 else None)
+        ax.set(xlabel="epoch", title=g, ylabel="validation accuracy (%)" if ax is axes[0][0] else None)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{ds} / {arch}, sparsity {s}: validation accuracy after each epoch (every seed)")
+    _save(fig, path)

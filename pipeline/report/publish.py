@@ -29,7 +29,7 @@ from pipeline.config.layout import ROOT, resolve_path
 from pipeline.config.schema import Config
 from pipeline.errors import ConfigError
 
-FILES = ("README.md", "summary.csv", "spectral.csv", "metrics.json")
+FILES = ("README.md", "summary.csv", "spectral.csv", "curves.csv", "metrics.json")
 OURS = ".fourier-mbp-report.json"     # report.dir's manifest: every file a report of ours put there
 PREFIX, MARKER, MANIFEST = ".staged-", ".fourier-mbp-staged", "MANIFEST"   # a build folder, ours by its marker
 

@@ -141,7 +141,9 @@ def finish(cfg, run, res: train.Trained, dd, rt, out, arch, key, ckpt=None, extr
     nonzero = sum(int((p != 0).sum()) for p in weights.values())
     metrics = {"val_acc": train.accuracy(net, dd, "val", rt), "test_acc": train.accuracy(net, dd, "test", rt),
                "epochs": res.epochs, "train_seconds": res.seconds, "nonzero_weights": nonzero,
-               "weights": total, **(extra_metrics or {})}
+               "weights": total, **(extra_metrics or {}),
+               # validation accuracy after each epoch (a chain's: every round's): the report's learning curves
+               "val_history": [h["val_acc"] for h in res.history if "val_acc" in h]}
     if agreement_with is not None:
         metrics["test_agreement"] = (train.predict(net, dd, dd.test_x, rt) ==
                                      train.predict(agreement_with, dd, dd.test_x, rt)).float().mean().item()

@@ -124,7 +124,8 @@ def chain(cfg: Config, dataset: str, arch: str, seed: int, method: str, data: st
             lv = res.levels[s]
             net.load_state_dict(lv["model"])
             st = masks.stats(lv["masks"])
-            level = train.Trained(model=net, masks=lv["masks"], epochs=lv["epochs"], seconds=lv["seconds"])
+            level = train.Trained(model=net, masks=lv["masks"], epochs=lv["epochs"], seconds=lv["seconds"],
+                                  history=res.history[:lv["epochs"]])       # the chain's epochs up to this level
             with Run(cfg, "retrain", {**tags, "sparsity": s}, {**params, "chain_run": run.run_id}) as lrun:
                 finish(cfg, lrun, level, dd, rt, layout.level_dir(out_dir, s, method) / "model.pt", arch, key,
                        layout.checkpoint(cfg.name, "chain", key) if s == levels[-1] else None,
