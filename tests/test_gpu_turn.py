@@ -132,8 +132,12 @@ def _jobs(repo: Path, jobs: list[dict]) -> None:
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    """A project copy whose runs/t/jobs.json the tests write: shell commands, no torch."""
-    repo = project_copy(tmp_path / "repo")
+    """A minimal project (the package, params.yaml, an experiment t) whose runs/t/jobs.json the tests write:
+    shell commands, no torch. Not project_copy: the mutation check's copies hold no Snakefile."""
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "params.yaml", repo / "params.yaml")
+    (repo / "configs").mkdir()
     (repo / "configs" / "t.yaml").write_text("name: t\n")
     monkeypatch.chdir(repo)
     return repo
