@@ -74,11 +74,12 @@ def test_every_output_exists_and_parses(smoke):
     assert len(spec) == (len(rows) + 1 + len(VARIANTS)) * 2 * 8
     readme = (out / "README.md").read_text()
     for section in ("### Test accuracy", "### Paired differences", "### Band-limited accuracy",
-                    "### Spectral signature of pruning", "## Claims", "Hardware:", "Experiment: `smoke`"):
+                    "### Spectral signature of pruning", "### Learning curves and convergence", "## Claims",
+                    "Hardware:", "Experiment: `smoke`"):
         assert section in readme
     for png in re.findall(r"\(figures/([^)]+\.png)\)", readme):
         assert (out / "figures" / png).stat().st_size > 1000
-    assert len(re.findall(r"\(figures/", readme)) == 3
+    assert len(re.findall(r"\(figures/", readme)) == 4          # accuracy, bands, heat maps, learning curves
     assert json.loads((out / "metrics.json").read_text())
     # every job wrote its log: file; training jobs one progress line per epoch
     logs = repo / "runs" / "smoke" / "logs"
