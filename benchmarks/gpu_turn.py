@@ -36,7 +36,9 @@ import tarfile
 import time
 from pathlib import Path
 
+from pipeline.config import layout
 from pipeline.config.layout import ROOT
+from pipeline.stages.driver import STOPPED, jobs_path
 
 TURN = ROOT / "turn"
 PACK = TURN / "data.pack"
@@ -45,7 +47,6 @@ IMAGES = TURN / "images"
 PART = 15 * 2 ** 20                 # bytes per returned part (the device tool returns files of at most 16 MiB)
 PARTS = 6                           # parts at most: 8 files come back, and the device check writes one
 TRAVELS = 64 * 2 ** 20              # what travels to the GPU machine: the checkout, untracked files, turn/
-STOPPED = 75                        # the driver's exit status at the deadline (pipeline/stages/driver.py)
 T0 = time.monotonic()
 
 
@@ -118,8 +119,7 @@ def pack(experiment: str) -> int:
     say(f"packed {n:,} images from {folder} into {PACK} ({PACK.stat().st_size:,} bytes)")
     if code := _python("-m", "pipeline", "export_jobs", "--experiment", experiment):
         return code
-    exported = ROOT / "runs" / experiment / "jobs.json"
-    JOBS.write_bytes(exported.read_bytes())
+    JOBS.write_bytes(jobs_path(experiment).read_bytes())
     size = travelling_bytes()
     say(f"{len(json.loads(JOBS.read_text())['jobs'])} jobs into {JOBS}; {size / 2 ** 20:.1f} MiB would travel "
         f"(of {TRAVELS / 2 ** 20:.0f})")
@@ -136,7 +136,7 @@ def _left_behind(rel: Path) -> bool:
 
 
 def pack_runs(experiment: str, out: Path) -> int:
-    runs = ROOT / "runs" / experiment
+    runs = layout.run_dir(experiment)
     for old in out.glob(f"runs-{experiment}.tgz.*"):
         old.unlink()
     buf = _io.BytesIO()
@@ -158,10 +158,10 @@ def run(experiment: str, out: Path, until: float | None, jobs: int, quick: bool,
     """The GPU machine's one command. Exit status: the driver's (0 done, 75 stopped at the deadline), or the
     device check's when it failed."""
     out.mkdir(parents=True, exist_ok=True)
-    runs = ROOT / "runs" / experiment
-    if not (runs / "jobs.json").exists():            # the first call; a second finds the first's runs/ there
+    runs = layout.run_dir(experiment)
+    if not jobs_path(experiment).exists():           # the first call; a second finds the first's runs/ there
         runs.mkdir(parents=True, exist_ok=True)
-        (runs / "jobs.json").write_bytes(JOBS.read_bytes())
+        jobs_path(experiment).write_bytes(JOBS.read_bytes())
     say(f"{unpack_data():,} images in {IMAGES}")
     env = {**os.environ, "CIFAR10_JPEG_DIR": str(IMAGES), "FOURIER_MBP_TRACKING": "offline",
            "PYTHONUNBUFFERED": "1"}
@@ -187,14 +187,14 @@ def run(experiment: str, out: Path, until: float | None, jobs: int, quick: bool,
 
 
 def land(experiment: str, parts: Path) -> int:
-    runs = ROOT / "runs" / experiment
+    runs = layout.run_dir(experiment)
     found = sorted(parts.glob(f"runs-{experiment}.tgz.*"))
     if not found:
         raise SystemExit(f"{parts}: no runs-{experiment}.tgz.* parts (the GPU command's $OUT files)")
     with tarfile.open(fileobj=_io.BytesIO(b"".join(p.read_bytes() for p in found)), mode="r:gz") as tar:
         tar.extractall(runs, filter="data")
     say(f"unpacked {len(found)} part(s) into {runs}")
-    listed = json.loads((runs / "jobs.json").read_text())["jobs"]
+    listed = json.loads(jobs_path(experiment).read_text())["jobs"]
     from pipeline.config import loading
     from pipeline.core import data
     cfg = loading.load(experiment)

@@ -267,7 +267,8 @@ def _one_per_radius(v: dict):
 # What each JSON output holds (the writers: stages._finish, masks.stats, spectral.evaluate, data.prepare).
 METRICS = {"val_acc": FRACTION, "test_acc": FRACTION, "test_agreement": FRACTION, "sparsity": FRACTION,
            "epochs": COUNT, "nonzero_weights": COUNT, "weights": COUNT, "nonzero": COUNT, "prunable": COUNT,
-           "rounds": COUNT, "chain_levels": COUNT, "val_history": [FRACTION], "train_seconds": SECONDS, "hardware": TEXT, "experiment": TEXT,
+           "rounds": COUNT, "chain_levels": COUNT, "val_history": [FRACTION], "train_seconds": SECONDS,
+           "hardware": TEXT, "experiment": TEXT,
            "nonzero_params": COUNT, "macs": COUNT, "dense_macs": COUNT, "macs_input": TEXT,   # cost.py
            "speedup": Kind(lambda v: _number(v) and v >= 1, "a number >= 1 (dense MACs / nonzero MACs)")}
 MASK_STATS = {"sparsity": FRACTION, "kept": COUNT, "total": COUNT, "layers": {EACH: FRACTION}}

@@ -34,8 +34,13 @@ def dense_gains(curves: pd.DataFrame, ds: str, arch: str, tail: float) -> dict[i
 
 def converged(curves: pd.DataFrame, ds: str, arch: str, cfg) -> bool | None:
     """Converged by the stated criterion; None when no dense history can say (reports before val_history)."""
-    gains = [g for g in dense_gains(curves, ds, arch, cfg.report.converged_tail).values() if not math.isnan(g)]
-    return None if not gains else 100 * sum(gains) / len(gains) < cfg.report.converged_gain
+    return _below(dense_gains(curves, ds, arch, cfg.report.converged_tail), cfg.report.converged_gain)
+
+
+def _below(gains: dict[int, float], margin_pp: float) -> bool | None:
+    """The mean gain over the seeds that have one, below the margin; None when no seed has one."""
+    have = [g for g in gains.values() if not math.isnan(g)]
+    return None if not have else 100 * sum(have) / len(have) < margin_pp
 
 
 def section(curves: pd.DataFrame, ds: str, arch: str, cfg, figure: str | None) -> list[str]:
@@ -46,7 +51,7 @@ def section(curves: pd.DataFrame, ds: str, arch: str, cfg, figure: str | None) -
     if not gains:
         return head + ["No validation history in these models' metrics.json (written before it was recorded): "
                        "rerun their jobs for learning curves.", ""]
-    ok = converged(curves, ds, arch, cfg)
+    ok = _below(gains, rep.converged_gain)
     each = ", ".join(f"seed {s}: {100 * g:+.2f}" if not math.isnan(g) else f"seed {s}: too few epochs"
                      for s, g in sorted(gains.items()))
     said = {True: "**converged**", False: "**not converged**", None: "**not measurable** (too few epochs)"}[ok]
